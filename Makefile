@@ -1,0 +1,33 @@
+# Two commands for a newcomer: `make report` and `make test`. Both set up .venv first.
+# GPU users pick another torch build, e.g.
+#   make test TORCH="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+SPEC ?= reports/default.toml
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+
+.PHONY: setup test report clean-venv
+
+setup: $(STAMP)
+
+# Re-runs only when the project's dependencies or the torch choice change.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)" $(INDEX_ARG)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
+	echo "$(TORCH) $(TORCH_INDEX)" > $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+report: setup
+	$(BIN)/landscape report $(SPEC)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,58 @@
+"""landscape: loss-landscape and feature-geometry analysis of PyTorch classifiers.
+
+Computation only; drawing lives in the ``viz`` package. The public API (see DESIGN.md)::
+
+    import landscape as ls
+    ck = ls.load_checkpoint("trained_models/mlp-ce.safetensors")
+    data = ls.load_dataset("digits", split="test")
+    dirs = ls.random_directions(ck.model, n=2, seed=0)
+    surf = ls.surface(ck, data, dirs, x=(-1, 1, 51), y=(-1, 1, 51))
+
+Names are imported lazily so that ``import landscape`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+from . import errors
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .data import Dataset, load_dataset
+from .results import Result
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "losses": None, "models": None, "testing": None, "grid": None, "objective": None,
+    "phenotype": "phenotype", "phenotype_difference": "phenotype", "Phenotype": "phenotype",
+    "random_directions": "directions", "trajectory_directions": "directions", "directions_between": "directions",
+    "Directions": "directions",
+    "surface": "surface", "interpolate": "surface", "Surface": "surface", "Curve": "surface",
+    "hessian_extremes": "hessian", "eigen_ratio_map": "hessian", "hessian_trace": "hessian",
+    "spectral_density": "hessian", "EigenMap": "hessian", "HessianOperator": "hessian",
+    "extract_features": "features", "Features": "features",
+    "tsne": "embedding", "hypersphere": "embedding", "angular_stats": "embedding",
+    "Embedding": "embedding", "Sphere": "embedding",
+    "gradcam": "gradcam", "CAM": "gradcam",
+    "train": "train",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        target = _LAZY[name]
+        if target is None:
+            return importlib.import_module(f".{name}", __name__)
+        module = importlib.import_module(f".{target}", __name__)
+        if target == name and not hasattr(module, name):
+            return module
+        return getattr(module, name)
+    raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["errors", "Checkpoint", "load_checkpoint", "save_checkpoint", "Dataset", "load_dataset", "Result",
+           *_LAZY]

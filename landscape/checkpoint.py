@@ -1,0 +1,321 @@
+"""Loading and saving checkpoints, safely.
+
+Formats (see ``docs`` in the README):
+
+* ``.safetensors`` with the meta as JSON under the header key ``landscape_meta``;
+* ``.pt`` / ``.pth`` holding ``{"state_dict": ..., "meta": ...}``;
+* a bare state_dict (``.pt``/``.pth``/``.bin``) whose architecture the caller names;
+* a PyTorch Lightning ``.ckpt`` (prefixed keys, ``hyper_parameters``).
+
+Checkpoints are data, never code: pickles are read with ``torch.load(weights_only=True)``
+and a file that needs anything beyond tensors and plain containers is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from . import losses, models
+from .data import Dataset
+from .device import resolve_device
+from .errors import ArchitectureError, CheckpointError, LandscapeError, LossError
+from .io import atomic_path
+
+META_KEYS = ("arch", "arch_kwargs", "loss", "loss_kwargs", "dataset", "input_shape", "num_classes", "classes",
+             "normalization", "seed", "epoch", "metrics")
+SAFETENSORS_META_KEY = "landscape_meta"
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The network, in eval mode, on ``device``.
+    meta : dict
+        The meta of DESIGN.md (``arch``, ``loss``, ``normalization``, ``metrics``, ...).
+    criterion : landscape.losses.Loss
+        The training objective rebuilt from ``meta["loss"]`` and ``meta["loss_kwargs"]``.
+    device : torch.device
+    path : pathlib.Path or None
+    digest : str
+        SHA-256 of the weights (stable id used for caching).
+    """
+
+    model: nn.Module
+    meta: dict
+    criterion: nn.Module
+    device: torch.device
+    path: Path | None = None
+    digest: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path else str(self.meta.get("arch", "model"))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the input normalisation recorded in ``meta["normalization"]`` (if any)."""
+        norm = self.meta.get("normalization")
+        if not norm:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        mean = torch.as_tensor(norm["mean"], dtype=x.dtype, device=x.device).reshape(shape)
+        std = torch.as_tensor(norm["std"], dtype=x.dtype, device=x.device).reshape(shape)
+        return (x - mean) / std
+
+    def prepare(self, data: Dataset, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of ``data`` on the checkpoint's device, normalised as in training.
+
+        Every computation feeds data to the model through this one function.
+        """
+        expected = self.meta.get("input_shape")
+        if expected is not None and tuple(data.input_shape) != tuple(expected):
+            raise LandscapeError(f"dataset {data.name!r} has inputs of shape {data.input_shape}, but checkpoint "
+                                 f"{self.name!r} expects {tuple(expected)}; use the dataset it was trained on "
+                                 f"({self.meta.get('dataset', 'see its meta')}).")
+        x, y = data.tensors(self.device)
+        return self.normalize(x.to(dtype)), y
+
+    def evaluate(self, data: Dataset, batch_size: int | None = None) -> tuple[float, float]:
+        """Mean training-objective loss and accuracy on ``data``."""
+        from .objective import evaluate
+
+        x, y = self.prepare(data)
+        return evaluate(self.model, self.criterion, x, y, batch_size)
+
+
+# -- reading -------------------------------------------------------------------------------
+def _sniff(path: Path) -> str:
+    """Tell the format from the first bytes: 'safetensors', 'zip' (torch.save), 'pickle' or 'unknown'."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        n = struct.unpack("<Q", head[:8])[0]
+        if 0 < n <= path.stat().st_size - 8:
+            return "safetensors"
+    return "unknown"
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the safetensors file cannot be read ({exc}); it is truncated or corrupted.") from exc
+    meta = {}
+    if SAFETENSORS_META_KEY in header:
+        try:
+            meta = json.loads(header[SAFETENSORS_META_KEY])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: the meta in the safetensors header is not valid JSON ({exc}).") from exc
+    return state, meta
+
+
+def _read_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects that would run code when unpickled, and "
+            "checkpoints are loaded as data only (weights_only=True). Re-save it from trusted code as "
+            "{'state_dict': model.state_dict(), 'meta': {...}} or as .safetensors.") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, struct.error) as exc:
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); it is truncated or corrupted.") from exc
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def read_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, str]:
+    """Read ``(state_dict, meta_found_in_file, kind)`` from any supported file, without building a model.
+
+    ``kind`` is one of ``"safetensors"``, ``"dict"``, ``"bare"``, ``"lightning"``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path.")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; give the checkpoint file inside it.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the save was probably interrupted.")
+    fmt = _sniff(path)
+    if fmt == "safetensors":
+        state, meta = _read_safetensors(path)
+        return state, meta, "safetensors"
+    if fmt == "unknown":
+        raise CheckpointError(f"{path}: not a checkpoint: expected .safetensors or a torch.save file "
+                              "(.pt/.pth/.ckpt); the first bytes match neither.")
+    obj = _read_torch(path)
+    if _is_state_dict(obj):
+        return dict(obj), {}, "bare"
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        state = obj["state_dict"]
+        if not _is_state_dict(state):
+            raise CheckpointError(f"{path}: 'state_dict' is not a mapping of parameter names to tensors.")
+        if "hyper_parameters" in obj or "pytorch-lightning_version" in obj:
+            hp = obj.get("hyper_parameters") or {}
+            meta = dict(hp.get("meta") or {k: hp[k] for k in META_KEYS if k in hp})
+            meta.setdefault("epoch", obj.get("epoch"))
+            return dict(state), meta, "lightning"
+        meta = obj.get("meta") or {}
+        if not isinstance(meta, Mapping):
+            raise CheckpointError(f"{path}: 'meta' must be a dict, got {type(meta).__name__}.")
+        return dict(state), dict(meta), "dict"
+    keys = sorted(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+    raise CheckpointError(f"{path}: holds {keys}, which is neither a state_dict nor {{'state_dict', 'meta'}}; "
+                          "save `{'state_dict': model.state_dict(), 'meta': meta}`.")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Strip the submodule prefix a LightningModule adds (``model.``, ``net.``, ...)."""
+    if set(state) & expected:
+        return state
+    best, best_hits = None, 0
+    for prefix in {k.split(".", 1)[0] + "." for k in state if "." in k}:
+        hits = len({k[len(prefix):] for k in state if k.startswith(prefix)} & expected)
+        if hits > best_hits:
+            best, best_hits = prefix, hits
+    if best is None:
+        return state
+    return {k[len(best):]: v for k, v in state.items() if k.startswith(best)}
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
+        raise CheckpointError(f"{path}: the weights do not fit architecture {type(model).__name__}: "
+                              f"{'; '.join(parts)}. Check meta['arch'] / meta['arch_kwargs'] or the arch you named.")
+    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in state.items()
+           if tuple(v.shape) != tuple(expected[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path}: shape mismatch with architecture {type(model).__name__}: {'; '.join(bad[:4])}. "
+                              "Check meta['arch_kwargs'], meta['input_shape'] and meta['num_classes'].")
+    model.load_state_dict(state, strict=True)
+
+
+def _digest(state: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def build_criterion(meta: Mapping[str, Any]) -> nn.Module:
+    """The training objective named by ``meta["loss"]`` (a name or a combined spec) and ``meta["loss_kwargs"]``."""
+    name = meta.get("loss") or "ce"
+    kwargs = dict(meta.get("loss_kwargs") or {})
+    build = getattr(losses, "build", None) or losses.get
+    return build(name, **kwargs)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto", arch: str | None = None,
+                    meta: Mapping[str, Any] | None = None) -> Checkpoint:
+    """Load a checkpoint as data and rebuild its model and training objective.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.safetensors``, ``.pt``/``.pth`` (dict with ``state_dict`` and ``meta`` or a bare
+        state_dict) or a Lightning ``.ckpt``.
+    device : str or torch.device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda[:N]"``.
+    arch : str, optional
+        Architecture name or ``"module:Class"``; overrides ``meta["arch"]``. Needed for a bare
+        state_dict without meta.
+    meta : dict, optional
+        Meta entries supplied by the caller (for bare state_dicts and Lightning files);
+        they override what the file holds.
+
+    Returns
+    -------
+    Checkpoint
+        With ``.model`` in eval mode on the device, ``.meta`` and ``.criterion``.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, empty, truncated, corrupted, unsafe or mismatched files.
+    """
+    path = Path(path)
+    state, file_meta, kind = read_checkpoint_file(path)
+    full = {**file_meta, **dict(meta or {})}
+    if arch is not None:
+        full["arch"] = arch
+    if not full.get("arch"):
+        raise CheckpointError(f"{path}: no architecture known for this {kind} checkpoint; pass arch='mlp' "
+                              f"(or 'module:Class') and meta={{'input_shape': ..., 'num_classes': ...}}, or --arch on the CLI.")
+    try:
+        model = models.build(full["arch"], input_shape=full.get("input_shape"), num_classes=full.get("num_classes"),
+                             **dict(full.get("arch_kwargs") or {}))
+    except ArchitectureError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    if kind == "lightning":
+        state = _strip_prefix(state, set(model.state_dict()))
+    _load_state(model, state, path)
+    try:
+        criterion = build_criterion(full)
+    except LossError as exc:
+        raise CheckpointError(f"{path}: meta names loss {full.get('loss')!r}, which cannot be built: {exc}") from exc
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    criterion.to(dev)
+    return Checkpoint(model=model, meta=full, criterion=criterion, device=dev, path=path, digest=_digest(state))
+
+
+# -- writing -------------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    """Write weights and meta atomically (a crash never leaves half a file where a good one was).
+
+    The format follows the suffix: ``.safetensors`` (meta in the header) or ``.pt``/``.pth``
+    (``{"state_dict", "meta"}``).
+    """
+    path = Path(path)
+    state = model.state_dict() if isinstance(model, nn.Module) else dict(model)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    try:
+        meta_json = json.dumps(dict(meta))
+    except TypeError as exc:
+        raise CheckpointError(f"meta for {path} must be JSON-serialisable (plain numbers, strings, lists, dicts): {exc}") from exc
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={SAFETENSORS_META_KEY: meta_json})
+        elif path.suffix in (".pt", ".pth"):
+            torch.save({"state_dict": state, "meta": json.loads(meta_json)}, tmp)
+        else:
+            raise CheckpointError(f"cannot save {path}: use a .safetensors, .pt or .pth suffix.")
+    return path

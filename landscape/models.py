@@ -1,0 +1,226 @@
+"""Architecture registry and the model zoo.
+
+Every zoo model maps an input batch ``(N, C, H, W)`` to logits and exposes
+
+* ``features(x)``: the penultimate embedding ``(N, d)``;
+* ``head``: the final ``nn.Linear(d, num_classes)``, so margin losses see features and
+  classifier weights (``forward(x) == head(features(x))``).
+
+A user's own architecture plugs in with :func:`register` or as a ``"module:Class"`` path.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ArchitectureError, did_you_mean
+
+_ARCHS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str, builder: Callable[..., nn.Module] | None = None):
+    """Register an architecture under ``name``; usable as a decorator.
+
+    The builder is called as ``builder(input_shape=..., num_classes=..., **arch_kwargs)``.
+    """
+    def deco(fn):
+        _ARCHS[name] = fn
+        return fn
+
+    return deco(builder) if builder is not None else deco
+
+
+def names() -> list[str]:
+    """Names of the registered architectures."""
+    return sorted(_ARCHS)
+
+
+def _resolve(name: str) -> Callable[..., nn.Module]:
+    if name in _ARCHS:
+        return _ARCHS[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ArchitectureError(f"architecture {name!r}: cannot import module {module_name!r} ({exc}); "
+                                    "make sure it is on PYTHONPATH.") from exc
+        try:
+            return getattr(module, attr)
+        except AttributeError:
+            raise ArchitectureError(f"architecture {name!r}: module {module_name!r} has no attribute {attr!r}.") from None
+    raise ArchitectureError(f"unknown architecture {name!r}; register it with landscape.models.register or "
+                            f"give a 'module:Class' path.{did_you_mean(name, _ARCHS)}")
+
+
+def build(name: str, input_shape: Sequence[int] | None = None, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """Build architecture ``name`` (a registered name or ``"module:Class"``).
+
+    ``input_shape`` and ``num_classes`` are passed only to builders that accept them.
+    """
+    builder = _resolve(name)
+    try:
+        params = inspect.signature(builder).parameters
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    except (TypeError, ValueError):
+        params, accepts_any = {}, True
+    extra = {}
+    if input_shape is not None and ("input_shape" in params or accepts_any):
+        extra["input_shape"] = tuple(input_shape)
+    if num_classes is not None and ("num_classes" in params or accepts_any):
+        extra["num_classes"] = int(num_classes)
+    try:
+        return builder(**extra, **kwargs)
+    except TypeError as exc:
+        raise ArchitectureError(f"architecture {name!r} rejected its arguments {kwargs}: {exc}") from exc
+
+
+# -- the zoo -------------------------------------------------------------------------------
+class ZooModel(nn.Module):
+    """Common shape of zoo models: ``body`` -> features -> linear ``head``."""
+
+    head: nn.Linear
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register("mlp")
+class MLP(ZooModel):
+    """Fully connected net of seed 000: blocks of affine, batchnorm, ReLU and dropout.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        Shape of one input; it is flattened.
+    num_classes : int
+        Number of classes.
+    hidden : sequence of int
+        Widths of the hidden blocks; the last one is the feature dimension.
+    dropout : float
+        Dropout probability after each block (inactive in eval mode).
+    head_bias : bool
+        Whether the classifier has a bias (margin losses use only its weights).
+    """
+
+    def __init__(self, input_shape=(1, 8, 8), num_classes=10, hidden=(128, 64), dropout=0.1, head_bias=True):
+        super().__init__()
+        width = math.prod(input_shape)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes, bias=head_bias)
+
+    def features(self, x):
+        return self.body(x)
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+@register("cnn")
+class CNN(ZooModel):
+    """Small convolutional net with batchnorm (for Grad-CAM): three conv blocks, global pooling.
+
+    The last convolution (``body.conv3``) keeps a spatial map for Grad-CAM.
+    """
+
+    def __init__(self, input_shape=(1, 8, 8), num_classes=10, channels=(16, 32, 32), head_bias=True):
+        super().__init__()
+        c1, c2, c3 = channels
+        cin = input_shape[0]
+        self.body = nn.Sequential()
+        for i, (a, b) in enumerate([(cin, c1), (c1, c2)], start=1):
+            conv, bn, act = _conv_bn(a, b)
+            self.body.add_module(f"conv{i}", conv)
+            self.body.add_module(f"bn{i}", bn)
+            self.body.add_module(f"relu{i}", act)
+        self.body.add_module("pool", nn.MaxPool2d(2) if min(input_shape[1:]) >= 8 else nn.Identity())
+        conv, bn, act = _conv_bn(c2, c3)
+        self.body.add_module("conv3", conv)
+        self.body.add_module("bn3", bn)
+        self.body.add_module("relu3", act)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(c3, num_classes, bias=head_bias)
+
+    def features(self, x):
+        return self.pool(self.body(x)).flatten(1)
+
+
+class Block(nn.Module):
+    """Basic residual block (two 3x3 convs); ``shortcut=False`` gives the plain block."""
+
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module | None = None
+        if shortcut:
+            self.shortcut = nn.Identity()
+            if stride != 1 or cin != cout:
+                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return torch.relu(out)
+
+
+class _ResNetLike(ZooModel):
+    def __init__(self, input_shape, num_classes, widths, blocks, shortcut, head_bias):
+        super().__init__()
+        cin = input_shape[0]
+        self.stem = nn.Sequential(*_conv_bn(cin, widths[0]))
+        stages = []
+        prev = widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                stages.append(Block(prev, w, stride, shortcut))
+                prev = w
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(prev, num_classes, bias=head_bias)
+
+    def features(self, x):
+        return self.pool(self.stages(self.stem(x))).flatten(1)
+
+
+@register("resnet")
+class ResNet(_ResNetLike):
+    """Tiny residual net: a stem and stages of basic blocks with identity/projection shortcuts."""
+
+    def __init__(self, input_shape=(1, 8, 8), num_classes=10, widths=(16, 32), blocks=(2, 2), head_bias=True):
+        super().__init__(input_shape, num_classes, widths, blocks, True, head_bias)
+
+
+@register("plain")
+class Plain(_ResNetLike):
+    """The ``resnet`` without shortcuts (Li et al.'s comparison of shortcut vs. no shortcut)."""
+
+    def __init__(self, input_shape=(1, 8, 8), num_classes=10, widths=(16, 32), blocks=(2, 2), head_bias=True):
+        super().__init__(input_shape, num_classes, widths, blocks, False, head_bias)
+
+
+def split_head(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None:
+    """Return ``(features, head)`` when the model exposes both, else ``None``."""
+    head = getattr(model, "head", None)
+    feats = getattr(model, "features", None)
+    if isinstance(head, nn.Linear) and callable(feats):
+        return feats, head
+    return None

@@ -1,0 +1,1 @@
+"""Subcommands of the ``landscape`` CLI, one module each (see viz.cli)."""
