@@ -1,0 +1,169 @@
+"""The training side: deterministic CPU training of zoo models and the shipped ``trained_models/``.
+
+:func:`fit` trains one model and returns it with the meta of DESIGN.md (seeds and
+hyperparameters recorded). :data:`ZOO` lists the shipped checkpoints; :func:`build_zoo`
+rebuilds them and writes the manifest ``trained_models/README.md``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import models
+from .checkpoint import build_criterion, save_checkpoint
+from .data import Dataset, load_dataset, normalization_of
+from .errors import ArgumentError
+from .objective import evaluate, loss_and_logits
+
+
+@dataclasses.dataclass
+class Recipe:
+    """How one shipped checkpoint is trained."""
+
+    name: str
+    arch: str
+    loss: str = "ce"
+    loss_kwargs: dict = dataclasses.field(default_factory=dict)
+    arch_kwargs: dict = dataclasses.field(default_factory=dict)
+    epochs: int = 40
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    seed: int = 0
+    dataset: str = "digits"
+    snapshots: bool = False
+
+
+def _normalize(x: torch.Tensor, norm: dict) -> torch.Tensor:
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return (x - torch.tensor(norm["mean"]).reshape(shape)) / torch.tensor(norm["std"]).reshape(shape)
+
+
+def fit(recipe: Recipe, on_epoch: Callable[[int, torch.nn.Module, dict], None] | None = None,
+        train: Dataset | None = None, test: Dataset | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train ``recipe`` deterministically on the CPU; return ``(model, meta)``.
+
+    SGD with momentum 0.9 and a cosine schedule; the data order comes from ``recipe.seed``.
+    ``on_epoch(epoch, model, meta)`` is called after every epoch (used for snapshots).
+    """
+    if recipe.epochs < 1:
+        raise ArgumentError(f"epochs must be >= 1, got {recipe.epochs}.")
+    train = train or load_dataset(recipe.dataset, "train")
+    test = test or load_dataset(recipe.dataset, "test")
+    norm = normalization_of(train)
+    torch.manual_seed(recipe.seed)
+    model = models.build(recipe.arch, input_shape=train.input_shape, num_classes=len(train.classes),
+                         **recipe.arch_kwargs)
+    meta: dict[str, Any] = {
+        "arch": recipe.arch, "arch_kwargs": recipe.arch_kwargs, "loss": recipe.loss,
+        "loss_kwargs": recipe.loss_kwargs, "dataset": recipe.dataset, "input_shape": list(train.input_shape),
+        "num_classes": len(train.classes), "classes": list(train.classes), "normalization": norm,
+        "seed": recipe.seed, "epoch": 0,
+        "train": {"optimizer": "sgd", "momentum": 0.9, "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+                  "batch_size": recipe.batch_size, "epochs": recipe.epochs, "schedule": "cosine"},
+    }
+    criterion = build_criterion(meta)
+    xtr, ytr = _normalize(torch.as_tensor(train.x), norm), torch.as_tensor(train.y)
+    xte, yte = _normalize(torch.as_tensor(test.x), norm), torch.as_tensor(test.y)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    for epoch in range(1, recipe.epochs + 1):
+        model.train()
+        order = torch.randperm(len(ytr), generator=gen)
+        for i in range(0, len(order), recipe.batch_size):
+            idx = order[i:i + recipe.batch_size]
+            if len(idx) < 2:  # batchnorm needs two samples
+                continue
+            loss, _ = loss_and_logits(model, criterion, xtr[idx], ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        model.eval()
+        meta["epoch"] = epoch
+        if on_epoch is not None or epoch == recipe.epochs:
+            tr_loss, tr_acc = evaluate(model, criterion, xtr, ytr)
+            te_loss, te_acc = evaluate(model, criterion, xte, yte)
+            meta["metrics"] = {"train_loss": tr_loss, "train_accuracy": tr_acc,
+                               "test_loss": te_loss, "test_accuracy": te_acc}
+            if on_epoch is not None:
+                on_epoch(epoch, model, meta)
+    return model.eval(), meta
+
+
+# -- the shipped zoo -----------------------------------------------------------------------
+ZOO: list[Recipe] = [
+    Recipe("mlp-ce", "mlp", snapshots=True),
+    Recipe("cnn-ce", "cnn", epochs=30),
+    Recipe("resnet-ce", "resnet", epochs=30),
+    Recipe("plain-ce", "plain", epochs=30),
+]
+
+
+def build_zoo(out: str | Path = "trained_models", only: list[str] | None = None, quiet: bool = False,
+              fmt: str = "safetensors") -> list[dict]:
+    """Train every recipe of :data:`ZOO` (or those named in ``only``) and write the manifest."""
+    out = Path(out)
+    recipes = [r for r in ZOO if not only or r.name in only]
+    unknown = set(only or []) - {r.name for r in ZOO}
+    if unknown:
+        raise ArgumentError(f"unknown zoo entries {sorted(unknown)}; available: {', '.join(r.name for r in ZOO)}.")
+    rows = []
+    for r in recipes:
+        t0 = time.perf_counter()
+        snaps: list[str] = []
+
+        def on_epoch(epoch, model, meta, r=r, snaps=snaps):
+            if r.snapshots:
+                path = out / "snapshots" / r.name / f"epoch{epoch:03d}.{fmt}"
+                save_checkpoint(path, model, meta)
+                snaps.append(str(path.relative_to(out)))
+
+        model, meta = fit(r, on_epoch if r.snapshots else None)
+        path = save_checkpoint(out / f"{r.name}.{fmt}", model, meta)
+        row = {"name": r.name, "file": path.name, "arch": r.arch, "loss": r.loss, "loss_kwargs": r.loss_kwargs,
+               "params": sum(p.numel() for p in model.parameters()), **meta["metrics"],
+               "seconds": round(time.perf_counter() - t0, 1), "snapshots": len(snaps)}
+        rows.append(row)
+        if not quiet:
+            print(f"{r.name:24s} test acc {row['test_accuracy']:.4f}  train acc {row['train_accuracy']:.4f}  "
+                  f"({row['seconds']} s)", flush=True)
+    write_manifest(out, rows)
+    return rows
+
+
+def write_manifest(out: Path, rows: list[dict]) -> None:
+    """Merge ``rows`` into ``out/manifest.json`` and regenerate ``out/README.md``."""
+    from .io import atomic_path, write_json
+
+    mpath = out / "manifest.json"
+    existing = {r["name"]: r for r in json.loads(mpath.read_text())} if mpath.exists() else {}
+    existing.update({r["name"]: r for r in rows})
+    order = {r.name: i for i, r in enumerate(ZOO)}
+    merged = sorted(existing.values(), key=lambda r: order.get(r["name"], len(order)))
+    write_json(mpath, merged)
+    lines = ["# trained_models", "",
+             "Checkpoints shipped with the toolkit, trained on the embedded `digits` data (scikit-learn's 8x8 digits,",
+             "stratified 80/20 split) by `landscape train` on the CPU, deterministically (seeds and hyperparameters in",
+             "each file's meta). Rebuild all of them with `landscape train --out trained_models`.", "",
+             "| file | arch | loss | loss parameters | params | train acc | test acc | test loss |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in merged:
+        kw = ", ".join(f"{k}={v}" for k, v in (r.get("loss_kwargs") or {}).items()) or "-"
+        lines.append(f"| {r['file']} | {r['arch']} | {r['loss']} | {kw} | {r['params']} | "
+                     f"{r['train_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['test_loss']:.4f} |")
+    snap = [r for r in merged if r.get("snapshots")]
+    if snap:
+        lines += ["", "Per-epoch snapshots (for trajectory plots): " +
+                  ", ".join(f"`snapshots/{r['name']}/` ({r['snapshots']} epochs)" for r in snap) + "."]
+    with atomic_path(out / "README.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+__all__ = ["Recipe", "fit", "ZOO", "build_zoo", "write_manifest"]
