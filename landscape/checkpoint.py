@@ -131,7 +131,20 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, meta
 
 
-def _read_torch(path: Path) -> Any:
+def _check_zip(path: Path) -> None:
+    """torch.load does not verify the CRCs of its zip container; do it so corruption is caught."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path}: the zip container cannot be read ({exc}); the file is truncated or corrupted.") from exc
+    if bad is not None:
+        raise CheckpointError(f"{path}: entry {bad!r} fails its CRC check; the file is truncated or corrupted.")
+
+
+def _read_torch(path: Path, fmt: str) -> Any:
+    if fmt == "zip":
+        _check_zip(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -168,7 +181,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     if fmt == "unknown":
         raise CheckpointError(f"{path}: not a checkpoint: expected .safetensors or a torch.save file "
                               "(.pt/.pth/.ckpt); the first bytes match neither.")
-    obj = _read_torch(path)
+    obj = _read_torch(path, fmt)
     if _is_state_dict(obj):
         return dict(obj), {}, "bare"
     if isinstance(obj, Mapping) and "state_dict" in obj:

@@ -38,7 +38,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def to_jsonable(value):
-    """Convert numpy arrays and scalars (recursively) to JSON types; NaN and inf become None."""
+    """Convert numpy arrays and scalars (recursively) to JSON types.
+
+    NaN becomes null and +-inf the strings "inf"/"-inf" (standard JSON has neither), so
+    diverged values survive a round trip through a golden file.
+    """
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -51,7 +55,9 @@ def to_jsonable(value):
         return int(value)
     if isinstance(value, (np.floating, float)):
         value = float(value)
-        return value if math.isfinite(value) else None
+        if math.isnan(value):
+            return None
+        return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, Path):
         return str(value)
     return value
