@@ -1,0 +1,174 @@
+"""Classical losses on logits and probabilities: CE, hinge, focal, SCE (seed 002) and Adma (seed 001).
+
+Formulas: ``shared reference losses.md``. Everything that takes a log uses log-softmax, so
+no loss is NaN or infinite at probabilities 0 or 1.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from .base import EPS, ElementwiseLoss, Loss, ProbabilityLoss, register
+
+
+def _ln(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The protected logarithm ``ln(|x| + eps)`` of the phenotype convention."""
+    return torch.log(x.abs() + eps)
+
+
+@register("ce", aliases=("cross-entropy", "crossentropy", "softmax", "nll"))
+class CrossEntropy(ElementwiseLoss):
+    """Cross-entropy ``-log p_y`` via log-softmax.
+
+    Elementwise form (seed 003's CE): ``L(y, yh) = -y ln(|yh| + eps)``.
+
+    Parameters
+    ----------
+    label_smoothing : float
+        Mass ``s`` spread uniformly over the classes (target ``(1 - s) onehot + s / C``).
+    eps : float
+        The ``eps`` of the elementwise form (phenotypes).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, eps: float = EPS):
+        super().__init__(label_smoothing)
+        self.eps = float(eps)
+
+    def forward(self, logits, target, features=None, weight=None):
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def elementwise(self, y, yh):
+        return -y * _ln(yh, self.eps)
+
+
+@register("hinge", aliases=("svm", "multiclass-hinge", "multi-margin", "weston-watkins"))
+class Hinge(Loss):
+    """Multiclass SVM loss ``sum_{j != y} max(0, z_j - z_y + delta)`` (seed 000).
+
+    Parameters
+    ----------
+    delta : float
+        The margin (default 1).
+    """
+
+    def __init__(self, delta: float = 1.0):
+        super().__init__()
+        if float(delta) < 0:
+            raise ValueError(f"delta must be >= 0, got {delta}")
+        self.delta = float(delta)
+
+    def forward(self, logits, target, features=None, weight=None):
+        z_y = logits.gather(1, target[:, None])
+        slack = (logits - z_y + self.delta).clamp_min(0.0)
+        # the j = y term is max(0, delta) = delta for every sample; remove it exactly
+        return (slack.sum(1) - self.delta).mean()
+
+
+@register("focal", aliases=("focal-loss",))
+class Focal(ElementwiseLoss):
+    """Focal loss ``-alpha (1 - p_y)^gamma log p_y`` (seed 002, eq. 4.2).
+
+    Elementwise form: ``L(y, yh) = -alpha y (1 - yh)^gamma ln(|yh| + eps)``.
+
+    Parameters
+    ----------
+    alpha : float
+        Scale (default 1).
+    gamma : float
+        Focusing exponent (default 2; 0 gives ``alpha * CE``).
+    label_smoothing, eps : float
+        As for :class:`CrossEntropy`.
+    """
+
+    def __init__(self, alpha: float = 1.0, gamma: float = 2.0, label_smoothing: float = 0.0, eps: float = EPS):
+        super().__init__(label_smoothing)
+        if float(alpha) <= 0 or float(gamma) < 0:
+            raise ValueError(f"need alpha > 0 and gamma >= 0, got alpha={alpha}, gamma={gamma}")
+        self.alpha, self.gamma, self.eps = float(alpha), float(gamma), float(eps)
+
+    def forward(self, logits, target, features=None, weight=None):
+        logp = torch.log_softmax(logits, dim=-1)
+        y = self.soft_target(target, logits.shape[-1], logits.dtype)
+        # (1 - p)^gamma from log p stays finite where p underflows or rounds to 1
+        one_minus_p = -torch.expm1(logp)
+        return -(self.alpha * y * one_minus_p.clamp_min(0.0) ** self.gamma * logp).sum(-1).mean()
+
+    def elementwise(self, y, yh):
+        return -self.alpha * y * (1.0 - yh).clamp_min(0.0) ** self.gamma * _ln(yh, self.eps)
+
+
+@register("sce", aliases=("symmetric-cross-entropy", "sce-loss"))
+class SCE(ProbabilityLoss):
+    """SCE loss of seed 002 (eq. 4.3-4.6): ``ce_weight * CE + prop_weight * L_prop``.
+
+    ``L_prop = -alpha * ||(1 - y) - p||_2 * log p_y`` with ``alpha = mean((y - p)^2)``. The
+    thesis computes ``alpha`` "across a batch of N samples": by default it is the mean over
+    the batch and the classes; ``alpha_over="sample"`` takes it per sample (mean over
+    classes). For a single sample (a phenotype) both readings agree.
+
+    Parameters
+    ----------
+    ce_weight, prop_weight : float
+        The balancing factors (0.5 and 0.5 in the thesis).
+    alpha_over : {"batch", "sample"}
+        What ``alpha``'s mean runs over.
+    label_smoothing, eps : float
+        As for :class:`CrossEntropy`.
+    """
+
+    def __init__(self, ce_weight: float = 0.5, prop_weight: float = 0.5, alpha_over: str = "batch",
+                 label_smoothing: float = 0.0, eps: float = EPS):
+        super().__init__(label_smoothing)
+        if alpha_over not in ("batch", "sample"):
+            raise ValueError(f"alpha_over must be 'batch' or 'sample', got {alpha_over!r}")
+        self.ce_weight, self.prop_weight, self.alpha_over, self.eps = float(ce_weight), float(prop_weight), alpha_over, float(eps)
+
+    def _combine(self, y, p, logp, alpha):
+        ce = -(y * logp).sum(-1)
+        weight = torch.linalg.vector_norm((1.0 - y) - p, dim=-1)
+        return self.ce_weight * ce + self.prop_weight * alpha * weight * ce
+
+    def forward(self, logits, target, features=None, weight=None):
+        logp = torch.log_softmax(logits, dim=-1)
+        p = logp.exp()
+        y = self.soft_target(target, logits.shape[-1], logits.dtype)
+        sq = (y - p) ** 2
+        alpha = sq.mean() if self.alpha_over == "batch" else sq.mean(-1)
+        return self._combine(y, p, logp, alpha).mean()
+
+    def of_probabilities(self, target, probs):
+        alpha = ((target - probs) ** 2).mean(-1)
+        return self._combine(target, probs, _ln(probs, self.eps), alpha)
+
+
+@register("adma", aliases=("adma-loss",))
+class Adma(ElementwiseLoss):
+    """Adma loss of seed 001 (eq. 5): ``sum_j y_j (e - exp(p_j ** a))``.
+
+    Range ``[0, e - 1]``, decreasing in ``p``, convex in ``p`` exactly when ``a <= 0.5``
+    (the paper's range for ``a`` is ``(0, 0.5]``; larger ``a`` is allowed for study).
+
+    Parameters
+    ----------
+    a : float
+        Scaling factor, ``a > 0`` (default 0.25).
+    label_smoothing : float
+        As for :class:`CrossEntropy`.
+    """
+
+    def __init__(self, a: float = 0.25, label_smoothing: float = 0.0):
+        super().__init__(label_smoothing)
+        if not float(a) > 0:
+            raise ValueError(f"the scaling factor a must be > 0 (the paper uses (0, 0.5]), got {a}")
+        self.a = float(a)
+
+    def forward(self, logits, target, features=None, weight=None):
+        # p^a = exp(a log p): finite gradient even where p underflows to 0
+        pa = torch.exp(self.a * torch.log_softmax(logits, dim=-1))
+        y = self.soft_target(target, logits.shape[-1], logits.dtype)
+        return (y * (math.e - torch.exp(pa))).sum(-1).mean()
+
+    def elementwise(self, y, yh):
+        return y * (math.e - torch.exp(yh.clamp_min(0.0) ** self.a))
