@@ -1,0 +1,321 @@
+"""Loss surfaces and curves: ``f(a, b) = L(theta* + a d1 + b d2)`` over a grid, ``g(t) = L(theta* + t d)`` on a line.
+
+The loss is the checkpoint's own training objective (margins included), evaluated in eval
+mode on a dataset or a seeded subset of it; plain cross-entropy can be added beside it.
+The work goes through :func:`landscape.grid.run_grid`, so a run with ``out`` is flushed in
+chunks, resumes after a kill (``resume=True``) and is sharded over torch.distributed ranks.
+Points where the loss diverges keep their inf/NaN values; nothing crashes on them.
+
+Coordinates: ``surf.loss[j, i]`` is the value at ``(surf.x[i], surf.y[j])``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import grid
+from .checkpoint import Checkpoint, load_checkpoint
+from .data import Dataset, load_dataset
+from .directions import Directions, directions_between, random_directions
+from .errors import ArgumentError
+from .evaluator import GridEvaluator
+from .results import Result
+
+
+@dataclasses.dataclass
+class Surface(Result):
+    """Loss and accuracy over a 2D grid of a plane through the weights.
+
+    Attributes
+    ----------
+    x : np.ndarray
+        ``(nx,)`` coordinates along the first direction.
+    y : np.ndarray
+        ``(ny,)`` coordinates along the second direction.
+    loss : np.ndarray
+        ``(ny, nx)`` training-objective loss; ``loss[j, i]`` is at ``(x[i], y[j])``.
+    accuracy : np.ndarray
+        ``(ny, nx)`` accuracy in [0, 1].
+    ce_loss : np.ndarray or None
+        ``(ny, nx)`` plain cross-entropy when asked for.
+    directions : np.ndarray
+        ``(2, P)`` the direction vectors (layout in ``meta["directions"]``), so the surface
+        can be recomputed or extended.
+    meta : dict
+        Checkpoint name/digest/path, data name and size, seed, grid, criterion, directions' meta.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    ce_loss: np.ndarray | None = None
+    directions: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def dirs(self) -> Directions:
+        """The :class:`Directions` this surface was computed along."""
+        d = self.meta["directions"]
+        return Directions(self.directions, d["names"], d["shapes"], meta=d["meta"])
+
+
+@dataclasses.dataclass
+class Curve(Result):
+    """Loss and accuracy along a line ``theta* + t d``.
+
+    Attributes
+    ----------
+    t : np.ndarray
+        ``(n,)`` positions on the line (``t = 1`` is the other checkpoint for an interpolation).
+    loss, accuracy : np.ndarray
+        ``(n,)`` values at ``t``.
+    ce_loss : np.ndarray or None
+        Plain cross-entropy when asked for.
+    directions : np.ndarray
+        ``(1, P)`` the direction.
+    meta : dict
+    """
+
+    t: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    ce_loss: np.ndarray | None = None
+    directions: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
+# -- inputs --------------------------------------------------------------------------------------
+def axis(spec, name: str = "x") -> np.ndarray:
+    """Grid coordinates from ``(lo, hi, n)`` (inclusive, like ``np.linspace``) or an explicit array."""
+    if isinstance(spec, np.ndarray) or (isinstance(spec, (list, tuple)) and len(spec) != 3):
+        arr = np.asarray(spec, dtype=np.float64).reshape(-1)
+    else:
+        try:
+            lo, hi, n = spec
+            n = int(n)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(f"{name}={spec!r}: give (lo, hi, n) or an array of coordinates.") from exc
+        if n < 1:
+            raise ArgumentError(f"{name}={spec!r}: the number of points must be at least 1.")
+        arr = np.linspace(float(lo), float(hi), n)
+    if arr.size == 0 or not np.all(np.isfinite(arr)):
+        raise ArgumentError(f"{name}: coordinates must be finite and not empty.")
+    return arr
+
+
+def _checkpoint(ck, device="auto") -> Checkpoint:
+    if isinstance(ck, Checkpoint):
+        return ck
+    if isinstance(ck, (str, os.PathLike)):
+        return load_checkpoint(ck, device=device)
+    raise ArgumentError(f"expected a Checkpoint or a checkpoint path, got {type(ck).__name__}.")
+
+
+def _data(data, n_samples: int | None, seed: int) -> Dataset:
+    if isinstance(data, str):
+        data = load_dataset(data, split="test")
+    if not isinstance(data, Dataset):
+        raise ArgumentError(f"data must be a Dataset or a dataset spec string, got {type(data).__name__}.")
+    return data.subset(n_samples, seed=seed)
+
+
+def _criterion(ck: Checkpoint, criterion):
+    """The loss to evaluate: the checkpoint's own (``"train"``), a loss name, or a loss module."""
+    if criterion in (None, "train"):
+        return ck.criterion, str(ck.meta.get("loss") or "ce")
+    if isinstance(criterion, str):
+        from . import losses
+
+        return losses.get(criterion).to(ck.device), criterion
+    return criterion, type(criterion).__name__
+
+
+def _digest(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]
+
+
+def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarray, fields_meta: dict, *,
+              criterion, with_ce: bool, batch_size, out, resume, chunk_size, progress, desc: str,
+              points_per_batch: int | None, shortcut: bool) -> dict[str, np.ndarray]:
+    """Run the grid engine over ``points`` and return ``{field: (P,)}``."""
+    crit, crit_name = _criterion(ck, criterion)
+    x, y = ck.prepare(data)
+    ev = GridEvaluator(ck.model, crit, x, y, dirs, with_ce=with_ce, batch_size=batch_size,
+                       shortcut=shortcut, points_per_batch=points_per_batch)
+    fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": _digest(data.y),
+                   "directions": _digest(dirs.vectors), "points": _digest(points), "criterion": crit_name,
+                   "fields": list(ev.fields), "batch_size": batch_size}
+    fields_meta.update(criterion=crit_name)
+    values = grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
+                           fingerprint=fingerprint, resume=resume, chunk_size=chunk_size, progress=progress, desc=desc)
+    return values
+
+
+def _meta(ck: Checkpoint, data: Dataset, dirs: Directions, seed: int, **extra) -> dict:
+    return {"checkpoint": ck.name, "digest": ck.digest, "path": str(ck.path) if ck.path else None,
+            "arch": ck.meta.get("arch"), "loss": ck.meta.get("loss"), "data": data.name, "n_samples": len(data),
+            "seed": seed, "directions": {"names": dirs.names, "shapes": dirs.shapes, "meta": dirs.meta}, **extra}
+
+
+def _save(result: Result, out) -> None:
+    """Write the result on rank 0 and drop the progress files (the result now holds every value)."""
+    if out is None or grid.dist_info()[0] != 0:
+        return
+    result.save(out)
+    grid.finish(out)
+
+
+def _out_path(out) -> Path | None:
+    if out is None:
+        return None
+    out = Path(out)
+    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+
+
+# -- public ----------------------------------------------------------------------------------------
+def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0, 1.0, 51), *,
+            n_samples: int | None = None, seed: int = 0, criterion="train", with_ce: bool = False,
+            batch_size: int | None = None, out: str | os.PathLike | None = None, resume: bool = False,
+            chunk_size: int = 64, progress: bool | None = None, points_per_batch: int | None = None,
+            shortcut: bool = True) -> Surface:
+    """Loss and accuracy of ``ck`` over the plane ``theta* + a d1 + b d2``.
+
+    Parameters
+    ----------
+    ck : Checkpoint or path
+        The centre ``theta*``; its model is used in eval mode and left unchanged.
+    data : Dataset or str
+        Evaluation data (a spec string loads its test split).
+    dirs : Directions, optional
+        Two directions; default ``random_directions(ck.model, 2, seed)`` (filter-normalised,
+        biases and batchnorm zeroed).
+    x, y : (lo, hi, n) or array
+        Grid coordinates along ``d1`` and ``d2``; ``nx`` and ``ny`` are independent.
+    n_samples : int, optional
+        Evaluate on a seeded random subset of this size.
+    seed : int
+        Seed of the directions (when drawn here) and of the subset.
+    criterion : "train", str or nn.Module
+        ``"train"``: the checkpoint's own training objective; or a loss name / module.
+    with_ce : bool
+        Also compute plain cross-entropy (``surf.ce_loss``).
+    batch_size : int, optional
+        Evaluate the data in batches (default: one batch).
+    out : path, optional
+        Save the surface there (``.npz``); progress is flushed beside it chunk by chunk.
+    resume : bool
+        Continue an interrupted run with the same ``out``.
+    chunk_size : int
+        Points per flushed chunk (and per rank under torch.distributed).
+    progress : bool or None
+        tqdm progress bar; None shows it on a terminal.
+    points_per_batch : int, optional
+        Grid points per launch (``torch.func.vmap``); default 16 on CUDA, 1 on the CPU.
+    shortcut : bool
+        Use the exact first-layer shortcut where it applies (see :mod:`landscape.evaluator`).
+
+    Returns
+    -------
+    Surface
+        ``loss[j, i]`` at ``(x[i], y[j])``, identical on every rank.
+    """
+    ck = _checkpoint(ck)
+    data = _data(data, n_samples, seed)
+    if dirs is None:
+        dirs = random_directions(ck.model, n=2, seed=seed)
+    if dirs.n != 2:
+        raise ArgumentError(f"a surface needs 2 directions, got {dirs.n}; use interpolate() for one.")
+    xs, ys = axis(x, "x"), axis(y, "y")
+    # Row-major over (y, x): point j * nx + i is (x[i], y[j]), so reshape gives loss[j, i].
+    gx, gy = np.meshgrid(xs, ys)
+    points = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    out = _out_path(out)
+    extra: dict = {}
+    values = _evaluate(ck, data, dirs, points, extra, criterion=criterion, with_ce=with_ce, batch_size=batch_size,
+                       out=out, resume=resume, chunk_size=chunk_size, progress=progress, desc="surface",
+                       points_per_batch=points_per_batch, shortcut=shortcut)
+    shape = (len(ys), len(xs))
+    surf = Surface(xs, ys, values["loss"].reshape(shape), values["accuracy"].reshape(shape),
+                   values["ce_loss"].reshape(shape) if with_ce else None, dirs.vectors,
+                   _meta(ck, data, dirs, seed, grid=[len(xs), len(ys)],
+                         x_range=[float(xs[0]), float(xs[-1])], y_range=[float(ys[0]), float(ys[-1])], **extra))
+    _save(surf, out)
+    return surf
+
+
+def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, n_samples: int | None = None,
+                seed: int = 0, criterion="train", with_ce: bool = False, batch_size: int | None = None,
+                out: str | os.PathLike | None = None, resume: bool = False, chunk_size: int = 64,
+                progress: bool | None = None, shortcut: bool = True) -> Curve:
+    """Loss and accuracy along a line through ``ck``.
+
+    Parameters
+    ----------
+    ck : Checkpoint or path
+        The point ``t = 0``.
+    other : Checkpoint, path, nn.Module, Directions or None
+        Another checkpoint (the line to it; ``t = 1`` is that checkpoint, default ``t`` in
+        [-0.5, 1.5]), a :class:`Directions` (its first direction; default ``t`` in [-1, 1]),
+        or None for one seeded random filter-normalised direction.
+    data : Dataset or str
+        Evaluation data.
+    steps : int
+        Number of points when ``t`` is not given.
+    t : (lo, hi, n) or array, optional
+        Positions on the line.
+    n_samples, seed, criterion, with_ce, batch_size, out, resume, chunk_size, progress, shortcut
+        As in :func:`surface`.
+
+    Returns
+    -------
+    Curve
+    """
+    ck = _checkpoint(ck)
+    data = _data(data, n_samples, seed)
+    if other is None:
+        dirs, default = random_directions(ck.model, n=1, seed=seed), (-1.0, 1.0, steps)
+    elif isinstance(other, Directions):
+        dirs = Directions(other.vectors[:1], other.names, other.shapes, meta=dict(other.meta, n=1))
+        default = (-1.0, 1.0, steps)
+    else:
+        dirs, default = directions_between(ck, other), (-0.5, 1.5, steps)
+    ts = axis(t if t is not None else default, "t")
+    out = _out_path(out)
+    extra: dict = {}
+    values = _evaluate(ck, data, dirs, ts[:, None], extra, criterion=criterion, with_ce=with_ce,
+                       batch_size=batch_size, out=out, resume=resume, chunk_size=chunk_size, progress=progress,
+                       desc="line", points_per_batch=None, shortcut=shortcut)
+    curve = Curve(ts, values["loss"], values["accuracy"], values["ce_loss"] if with_ce else None, dirs.vectors,
+                  _meta(ck, data, dirs, seed, steps=len(ts), t_range=[float(ts[0]), float(ts[-1])], **extra))
+    _save(curve, out)
+    return curve
+
+
+def init_distributed(device: str = "auto") -> tuple[int, int, str]:
+    """Join the torchrun process group when launched by torchrun; return ``(rank, world, device)``.
+
+    NCCL on GPUs (one per local rank), gloo on the CPU. Without torchrun's environment this
+    does nothing and returns ``(0, 1, device)``.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, 1, device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    elif device == "auto":
+        device = "cpu"
+    return dist.get_rank(), dist.get_world_size(), device
