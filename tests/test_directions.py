@@ -1,0 +1,156 @@
+"""Directions: filter normalisation against numpy references, biasbn zeros, seeds, lines/planes, trajectory PCA."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import landscape as ls
+from landscape.directions import Directions, offset_parameters
+from landscape.errors import ArgumentError
+
+
+@pytest.fixture(scope="module")
+def mlp(zoo_path):
+    return ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cnn(zoo_path):
+    return ls.load_checkpoint(zoo_path("cnn-ce"), device="cpu")
+
+
+def _split(dirs: Directions, i: int) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in dirs.tensors(i).items()}
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().double().numpy() for k, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_filter_norms_match_the_weights_filter_by_filter(which, request):
+    model = request.getfixturevalue(which).model
+    dirs = ls.random_directions(model, n=2, seed=3)
+    w = _weights(model)
+    for i in range(2):
+        for name, d in _split(dirs, i).items():
+            if d.ndim <= 1:
+                continue
+            dn = np.linalg.norm(d.reshape(len(d), -1), axis=1)
+            wn = np.linalg.norm(w[name].reshape(len(d), -1), axis=1)
+            np.testing.assert_allclose(dn, wn, rtol=1e-5, err_msg=name)
+
+
+def test_filter_normalisation_equals_a_numpy_rescaling_of_the_raw_draw(cnn):
+    raw = ls.random_directions(cnn.model, n=1, seed=5, norm="none", ignore=None)
+    filt = ls.random_directions(cnn.model, n=1, seed=5, norm="filter")
+    w = _weights(cnn.model)
+    g, d = _split(raw, 0), _split(filt, 0)
+    for name in w:
+        if w[name].ndim <= 1:
+            assert not d[name].any(), f"{name} should be zero under biasbn"
+            continue
+        flat_g = g[name].reshape(len(g[name]), -1).astype(np.float64)
+        scale = np.linalg.norm(w[name].reshape(len(flat_g), -1), axis=1) / np.linalg.norm(flat_g, axis=1)
+        expect = (flat_g * scale[:, None]).reshape(g[name].shape)
+        np.testing.assert_allclose(d[name], expect, rtol=2e-5, atol=1e-7)
+
+
+def test_layer_and_weight_normalisations(mlp):
+    raw = _split(ls.random_directions(mlp.model, n=1, seed=1, norm="none"), 0)
+    layer = _split(ls.random_directions(mlp.model, n=1, seed=1, norm="layer"), 0)
+    weight = _split(ls.random_directions(mlp.model, n=1, seed=1, norm="weight"), 0)
+    w = _weights(mlp.model)
+    name = "body.5.weight"
+    assert np.linalg.norm(layer[name]) == pytest.approx(np.linalg.norm(w[name]), rel=1e-5)
+    np.testing.assert_allclose(weight[name], raw[name] * w[name], rtol=1e-5, atol=1e-8)
+
+
+def test_biasbn_zeroes_one_dimensional_parameters_and_none_keeps_them(mlp):
+    zeroed = ls.random_directions(mlp.model, n=2, seed=0)
+    kept = ls.random_directions(mlp.model, n=2, seed=0, ignore=None)
+    w = _weights(mlp.model)
+    for i in range(2):
+        z, k = _split(zeroed, i), _split(kept, i)
+        for name in w:
+            if w[name].ndim == 1:
+                assert not z[name].any(), name
+                assert np.linalg.norm(k[name]) == pytest.approx(np.linalg.norm(w[name]), rel=1e-5)
+            else:
+                assert z[name].any()
+    # batchnorm running statistics are buffers: never part of a direction
+    assert not any("running" in n for n in zeroed.names)
+
+
+def test_same_seed_same_directions_other_seed_others(mlp):
+    a = ls.random_directions(mlp.model, n=2, seed=7)
+    b = ls.random_directions(mlp, n=2, seed=7)  # a Checkpoint works too
+    c = ls.random_directions(mlp.model, n=2, seed=8)
+    np.testing.assert_array_equal(a.vectors, b.vectors)
+    assert not np.allclose(a.vectors, c.vectors)
+    assert a.vectors.shape == (2, sum(p.numel() for p in mlp.model.parameters()))
+    assert a.meta == {"kind": "random", "seed": 7, "norm": "filter", "ignore": "biasbn", "n": 2}
+
+
+def test_directions_roundtrip_through_save(tmp_path, mlp):
+    dirs = ls.random_directions(mlp.model, n=2, seed=0)
+    back = Directions.load(dirs.save(tmp_path / "dirs"))
+    np.testing.assert_array_equal(back.vectors, dirs.vectors)
+    assert back.names == dirs.names and back.shapes == dirs.shapes and back.meta == dirs.meta
+    t = back.tensors(1)
+    assert list(t) == [n for n, _ in mlp.model.named_parameters()]
+    assert all(tuple(t[n].shape) == tuple(p.shape) for n, p in mlp.model.named_parameters())
+
+
+def test_offset_parameters_is_theta_plus_combination(mlp):
+    dirs = ls.random_directions(mlp.model, n=2, seed=2)
+    params = offset_parameters(mlp.model, dirs, [0.25, -1.5])
+    w = _weights(mlp.model)
+    d0, d1 = _split(dirs, 0), _split(dirs, 1)
+    for name, p in params.items():
+        assert p.dtype == torch.float32 and p.device.type == "cpu"
+        np.testing.assert_allclose(p.numpy(), w[name] + 0.25 * d0[name] - 1.5 * d1[name], rtol=1e-5, atol=1e-6)
+    assert mlp.model.body[1].weight.data_ptr() != params["body.1.weight"].data_ptr()
+
+
+def test_offset_parameters_refuses_other_architectures(mlp, cnn):
+    dirs = ls.random_directions(cnn.model, n=2, seed=0)
+    with pytest.raises(ArgumentError, match="another architecture"):
+        offset_parameters(mlp.model, dirs, [0.0, 0.0])
+    with pytest.raises(ArgumentError, match="2 directions"):
+        offset_parameters(cnn.model, dirs, [0.0])
+
+
+def test_unknown_norm_suggests_the_closest(mlp):
+    with pytest.raises(ArgumentError, match="Did you mean 'filter'"):
+        ls.random_directions(mlp.model, norm="filtre")
+
+
+def test_plane_through_three_checkpoints_hits_them(zoo_path, mlp):
+    snaps = zoo_path("mlp-ce").parent / "snapshots" / "mlp-ce"
+    a, b = snaps / "epoch010.safetensors", snaps / "epoch020.safetensors"
+    dirs = ls.directions_between(mlp, a, b)
+    assert dirs.n == 2 and dirs.meta["kind"] == "between"
+    for coords, path in (([1.0, 0.0], a), ([0.0, 1.0], b)):
+        target = _weights(ls.load_checkpoint(path, device="cpu").model)
+        for name, p in offset_parameters(mlp.model, dirs, coords).items():
+            np.testing.assert_allclose(p.numpy(), target[name], rtol=1e-5, atol=1e-6)
+
+
+def test_trajectory_pca_matches_an_svd_reference(zoo_path):
+    snaps = sorted((zoo_path("mlp-ce").parent / "snapshots" / "mlp-ce").glob("epoch*.safetensors"))[-8:]
+    dirs = ls.trajectory_directions(snaps, n=2)
+    models = [ls.load_checkpoint(p, device="cpu", arch="mlp").model for p in snaps]
+    m = np.stack([np.concatenate([v.ravel() for v in _weights(mm).values()]) for mm in models])
+    diffs = m - m[-1]
+    centred = diffs - diffs.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    ratio = s[:2] ** 2 / (s ** 2).sum()
+    np.testing.assert_allclose(dirs.meta["explained_variance_ratio"], ratio, rtol=1e-6)
+    # components agree up to sign
+    for i in range(2):
+        assert abs(float(dirs.vectors[i].astype(np.float64) @ vt[i])) == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(dirs.coords, diffs @ dirs.vectors.T.astype(np.float64), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(dirs.coords[-1], [0.0, 0.0])
+    assert dirs.coords.shape == (8, 2)
