@@ -98,13 +98,12 @@ def axis(spec, name: str = "x") -> np.ndarray:
         arr = np.asarray(spec, dtype=np.float64).reshape(-1)
     else:
         try:
-            lo, hi, n = spec
-            n = int(n)
-        except (TypeError, ValueError) as exc:
+            lo, hi, n = float(spec[0]), float(spec[1]), int(spec[2])
+        except (TypeError, ValueError, IndexError) as exc:
             raise ArgumentError(f"{name}={spec!r}: give (lo, hi, n) or an array of coordinates.") from exc
         if n < 1:
             raise ArgumentError(f"{name}={spec!r}: the number of points must be at least 1.")
-        arr = np.linspace(float(lo), float(hi), n)
+        arr = np.linspace(lo, hi, n)
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         raise ArgumentError(f"{name}: coordinates must be finite and not empty.")
     return arr

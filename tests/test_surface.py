@@ -1,0 +1,180 @@
+"""Surfaces and curves against plain evaluations of perturbed weights; orientation; seeds; divergence."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import landscape as ls
+from landscape.directions import Directions, offset_parameters
+from landscape.errors import ArgumentError
+from landscape.evaluator import GridEvaluator, find_first_layer
+from landscape.objective import evaluate
+# Imported from the module: `ls.surface` is shadowed by the submodule once it is imported (see report).
+from landscape.surface import Surface, interpolate, surface
+
+
+@pytest.fixture(scope="module")
+def mlp(zoo_path):
+    return ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cnn(zoo_path):
+    return ls.load_checkpoint(zoo_path("cnn-ce"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def small(digits_test):
+    return digits_test.subset(120, seed=0)
+
+
+def reference(ck, data, dirs, coords, criterion=None):
+    """Plain evaluation of a deep copy whose weights are set to theta* + sum c_i d_i (independent of the engine)."""
+    model = copy.deepcopy(ck.model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            w = p.detach().double().clone()
+            for i, c in enumerate(coords):
+                w += c * dirs.tensors(i, dtype=torch.float64)[name]
+            p.copy_(w.float())
+    x, y = ck.prepare(data)
+    return evaluate(model, criterion or ck.criterion, x, y)
+
+
+def test_centre_equals_the_checkpoints_own_loss(mlp, digits_test):
+    surf = surface(mlp, digits_test, x=(-1, 1, 5), y=(-1, 1, 3))
+    loss, acc = mlp.evaluate(digits_test)
+    assert surf.loss[1, 2] == pytest.approx(loss, rel=1e-7)
+    assert surf.accuracy[1, 2] == pytest.approx(acc, abs=1e-12)
+    assert loss == pytest.approx(mlp.meta["metrics"]["test_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+@pytest.mark.parametrize("shortcut", [True, False])
+def test_values_equal_a_plain_evaluation_of_perturbed_weights(which, shortcut, request, small):
+    ck = request.getfixturevalue(which)
+    dirs = ls.random_directions(ck.model, n=2, seed=1)
+    coords = np.array([[0.0, 0.0], [0.4, -0.3], [-1.0, 0.7]])
+    x, y = ck.prepare(small)
+    got = GridEvaluator(ck.model, ck.criterion, x, y, dirs, shortcut=shortcut)(coords)
+    assert (GridEvaluator(ck.model, ck.criterion, x, y, dirs, shortcut=shortcut).first is not None) == shortcut
+    for k, c in enumerate(coords):
+        loss, acc = reference(ck, small, dirs, c)
+        assert got["loss"][k] == pytest.approx(loss, rel=2e-5), c
+        assert got["accuracy"][k] == pytest.approx(acc, abs=1e-12), c
+
+
+def test_line_values_equal_plain_evaluation_along_the_direction(mlp, small):
+    line = interpolate(mlp, None, small, steps=5, seed=4)
+    dirs = ls.random_directions(mlp.model, n=1, seed=4)
+    np.testing.assert_array_equal(line.t, np.linspace(-1, 1, 5))
+    np.testing.assert_array_equal(line.directions, dirs.vectors)
+    for k, t in enumerate(line.t):
+        assert line.loss[k] == pytest.approx(reference(mlp, small, dirs, [t])[0], rel=2e-5)
+
+
+def test_interpolation_between_checkpoints_reaches_the_other(mlp, small, zoo_path):
+    other = zoo_path("mlp-ce").parent / "snapshots" / "mlp-ce" / "epoch030.safetensors"
+    line = interpolate(mlp, other, small, t=[0.0, 1.0])
+    assert line.loss[0] == pytest.approx(mlp.evaluate(small)[0], rel=1e-6)
+    # t = 1 carries the other's parameters (batchnorm statistics stay the origin's)
+    ck2 = ls.load_checkpoint(other, device="cpu")
+    moved = offset_parameters(mlp.model, ls.directions_between(mlp, ck2), [1.0])
+    model = copy.deepcopy(mlp.model)
+    model.load_state_dict(moved, strict=False)
+    x, y = mlp.prepare(small)
+    assert line.loss[1] == pytest.approx(evaluate(model, mlp.criterion, x, y)[0], rel=2e-5)
+
+
+def test_non_square_grid_is_oriented_loss_j_i_at_x_i_y_j(mlp, small):
+    dirs = ls.random_directions(mlp.model, n=2, seed=0)
+    surf = surface(mlp, small, dirs, x=(-1, 1, 4), y=(0, 0.5, 3))
+    assert surf.loss.shape == (3, 4) and surf.x.shape == (4,) and surf.y.shape == (3,)
+    for j, i in [(0, 3), (2, 0), (1, 2)]:
+        expect = reference(mlp, small, dirs, [surf.x[i], surf.y[j]])[0]
+        assert surf.loss[j, i] == pytest.approx(expect, rel=2e-5)
+
+
+def test_same_seed_same_surface(mlp, small):
+    a = surface(mlp, small, x=(-1, 1, 3), y=(-1, 1, 3), seed=3)
+    b = surface(mlp, small, x=(-1, 1, 3), y=(-1, 1, 3), seed=3)
+    c = surface(mlp, small, x=(-1, 1, 3), y=(-1, 1, 3), seed=4)
+    np.testing.assert_array_equal(a.loss, b.loss)
+    assert not np.allclose(a.loss, c.loss)
+
+
+def test_points_per_launch_and_batches_agree_with_the_loop(cnn, small):
+    dirs = ls.random_directions(cnn.model, n=2, seed=2)
+    coords = np.array([[0.1, 0.2], [-0.5, 0.5], [0.9, -0.9], [0.0, 0.3], [0.3, 0.0]])
+    x, y = cnn.prepare(small)
+    loop = GridEvaluator(cnn.model, cnn.criterion, x, y, dirs, with_ce=True)(coords)
+    vmapped = GridEvaluator(cnn.model, cnn.criterion, x, y, dirs, with_ce=True, points_per_batch=3)(coords)
+    batched = GridEvaluator(cnn.model, cnn.criterion, x, y, dirs, with_ce=True, batch_size=50)(coords)
+    for other in (vmapped, batched):
+        for k in loop:
+            np.testing.assert_allclose(other[k], loop[k], rtol=2e-5)
+
+
+def test_margin_loss_surface_uses_the_training_objective(tiny_checkpoint, small):
+    ck = ls.load_checkpoint(tiny_checkpoint("mlp", loss="am-softmax", epochs=2, hidden=[16, 8]), device="cpu")
+    surf = surface(ck, small, x=(0, 0.5, 2), y=(0, 0, 1), with_ce=True)
+    assert surf.loss[0, 0] == pytest.approx(ck.evaluate(small)[0], rel=1e-6)
+    x, y = ck.prepare(small)
+    with torch.inference_mode():
+        ce = float(F.cross_entropy(ck.model(x), y))
+    assert surf.ce_loss[0, 0] == pytest.approx(ce, rel=1e-6)
+    assert surf.loss[0, 0] != pytest.approx(ce, rel=1e-3)
+    assert surf.meta["criterion"] == "am-softmax"
+    assert surf.loss[0, 1] == pytest.approx(reference(ck, small, surf.dirs, [0.5, 0.0])[0], rel=2e-5)
+
+
+def test_diverging_points_stay_non_finite_and_do_not_crash(mlp, small):
+    surf = surface(mlp, small, x=[0.0, 1e30], y=[0.0], seed=0)
+    assert np.isfinite(surf.loss[0, 0])
+    assert not np.isfinite(surf.loss[0, 1])
+
+
+def test_model_and_batchnorm_statistics_are_left_untouched(cnn, small):
+    before = {k: v.clone() for k, v in cnn.model.state_dict().items()}
+    surface(cnn, small, x=(-1, 1, 2), y=(-1, 1, 2))
+    for k, v in cnn.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert "forward" not in cnn.model.body.conv1.__dict__  # the shortcut's patch is removed
+
+
+def test_surface_saves_and_reloads_with_its_directions(tmp_path, mlp, small):
+    surf = surface(mlp, small, x=(-1, 1, 3), y=(-1, 1, 2), n_samples=50, seed=1, out=tmp_path / "s")
+    back = Surface.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(back.loss, surf.loss)
+    np.testing.assert_array_equal(back.dirs.vectors, ls.random_directions(mlp.model, n=2, seed=1).vectors)
+    assert back.meta["n_samples"] == 50 and back.meta["grid"] == [3, 2] and back.meta["digest"] == mlp.digest
+    assert not list(tmp_path.glob("*.progress*"))
+
+
+def test_first_layer_shortcut_is_refused_when_the_data_is_transformed_first():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x = torch.randn(5, 1, 2, 2)
+    assert find_first_layer(model, x) is not None
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(2 * x.flatten(1))
+
+    assert find_first_layer(Scaled(), x) is None
+
+
+def test_bad_arguments_raise_landscape_errors(mlp, small):
+    with pytest.raises(ArgumentError, match="2 directions"):
+        surface(mlp, small, ls.random_directions(mlp.model, n=1))
+    with pytest.raises(ArgumentError, match="lo, hi, n"):
+        surface(mlp, small, x=("a", 1, 3))
+    with pytest.raises(ArgumentError):
+        Directions(np.zeros((1, 3)), ["a"], [[2]])
