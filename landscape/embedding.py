@@ -379,7 +379,10 @@ class Embedding(Result):
             raise ArgumentError(f"the map was fitted on {expected}-dimensional features, but {feat.name!r} has "
                                 f"{feat.dim}; extract them from the same layer.")
         new = self._fitted.transform(np.asarray(feat.x, dtype=np.float64), perplexity=perplexity, n_iter=n_iter)
-        coords = np.asarray(new, dtype=np.float64)
+        # openTSNE's FFT transform re-centres the reference map in place; express the new points
+        # in the frame of self.coords (a translation; zero for maps made by tsne(), which centres them)
+        shift = (np.asarray(self._fitted) - self.coords).mean(axis=0)
+        coords = np.array(new, dtype=np.float64) - shift
         k = int(self.meta["k"])
         quality = _quality(feat, coords, k, ref=(np.asarray(self.coords), np.asarray(self.y)))
         meta = {**feat.meta, **{key: self.meta[key] for key in ("perplexity", "seed", "k")},
@@ -392,6 +395,7 @@ def tsne(feat: Features, seed: int = 0, perplexity: float = 30.0, n_jobs: int = 
          k: int = 10, method: str = "auto") -> Embedding:
     """A 2-D t-SNE map of the features (openTSNE), with its quality.
 
+    The map is centred on its bounding box (t-SNE is translation invariant).
     PCA initialisation and a fixed ``random_state`` make the map reproducible: same seed,
     same features, ``n_jobs=1`` give the same coordinates. (With ``n_jobs > 1`` the
     Barnes-Hut gradient sums in a thread-dependent order, so the last digits may differ.)
@@ -429,7 +433,9 @@ def tsne(feat: Features, seed: int = 0, perplexity: float = 30.0, n_jobs: int = 
     model = TSNE(n_components=2, perplexity=perplexity, initialization="pca", random_state=seed, n_jobs=n_jobs,
                  n_iter=n_iter, negative_gradient_method=method, verbose=False)
     fitted = model.fit(np.asarray(feat.x, dtype=np.float64))
-    coords = np.asarray(fitted, dtype=np.float64)
+    # centre the map on its bounding box, as openTSNE's transform would do in place later
+    fitted -= (fitted.max(axis=0) + fitted.min(axis=0)) / 2
+    coords = np.array(fitted, dtype=np.float64)
     quality = _quality(feat, coords, k)
     meta = {**feat.meta, "perplexity": perplexity, "seed": seed, "k": k, "n_iter": n_iter, "method": method,
             "initialization": "pca", "feature_dim": feat.dim}

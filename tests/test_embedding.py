@@ -1,0 +1,218 @@
+"""Feature geometry: angular statistics on clusters of known angles, hypersphere projections, t-SNE."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import landscape as ls
+from landscape.embedding import angle_between, compare_stats, normalize_rows
+from landscape.errors import ArgumentError
+
+# three classes on the circle: centre angle and the half-spread of its two symmetric samples
+CENTRES = (0.0, 90.0, 200.0)
+SPREADS = (5.0, 10.0, 15.0)
+
+
+def _circle_features(radii=(1.0,)) -> ls.Features:
+    """Samples at centre +- spread (degrees), so each class's mean direction is exactly its centre."""
+    pts, ys = [], []
+    for k, (c, s) in enumerate(zip(CENTRES, SPREADS)):
+        for r in radii:
+            for a in (c - s, c + s):
+                pts.append(r * np.array([np.cos(np.radians(a)), np.sin(np.radians(a))]))
+                ys.append(k)
+    y = np.array(ys)
+    return ls.Features(x=np.array(pts, dtype=np.float64), y=y, pred=y.copy(), classes=["a", "b", "c"],
+                       meta={"checkpoint": "synthetic"})
+
+
+def _embed(feat: ls.Features, d: int, seed: int = 0) -> ls.Features:
+    """The same directions in ``d`` dimensions: random rotation and random positive length per sample."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    lengths = rng.uniform(0.1, 10.0, size=(len(feat.y), 1))
+    x = np.zeros((len(feat.y), d))
+    x[:, :feat.dim] = feat.x
+    return ls.Features(x=lengths * x @ q.T, y=feat.y, pred=feat.pred, classes=feat.classes, meta=feat.meta)
+
+
+def _silhouette_by_hand(x: np.ndarray, y: np.ndarray) -> float:
+    u = normalize_rows(x)
+    dist = 1.0 - u @ u.T
+    s = []
+    for i in range(len(y)):
+        same = (y == y[i]) & (np.arange(len(y)) != i)
+        a = dist[i, same].mean()
+        b = min(dist[i, y == k].mean() for k in np.unique(y) if k != y[i])
+        s.append((b - a) / max(a, b))
+    return float(np.mean(s))
+
+
+def test_angular_stats_exact_on_clusters_of_known_angles():
+    st = ls.angular_stats(_circle_features())
+    np.testing.assert_allclose(st["class_compactness"], SPREADS, atol=1e-10)
+    assert st["compactness"] == pytest.approx(10.0, abs=1e-10)
+    # centre gaps: 0-90 is 90, 90-200 is 110, 200-360 is 160
+    np.testing.assert_allclose(st["center_angles"], [[0, 90, 160], [90, 0, 110], [160, 110, 0]], atol=1e-10)
+    np.testing.assert_allclose(st["class_separation"], [90, 90, 110], atol=1e-10)
+    assert st["separation"] == pytest.approx(90.0, abs=1e-10)
+    assert st["ratio"] == pytest.approx(10.0 / 90.0, abs=1e-12)
+    assert st["accuracy"] == 1.0 and st["n"] == 6 and st["dim"] == 2
+    assert st["class_names"] == ["a", "b", "c"]
+
+
+def test_angular_stats_depend_only_on_directions():
+    base = _circle_features(radii=(1.0, 3.0))
+    st2, st64 = ls.angular_stats(base), ls.angular_stats(_embed(base, 64))
+    for key in ("compactness", "separation", "ratio", "silhouette"):
+        assert st64[key] == pytest.approx(st2[key], abs=1e-9)
+
+
+def test_cosine_silhouette_matches_hand_computation():
+    feat = _embed(_circle_features(radii=(1.0, 2.0)), 5, seed=3)
+    assert ls.angular_stats(feat)["silhouette"] == pytest.approx(_silhouette_by_hand(feat.x, feat.y), abs=1e-12)
+
+
+def test_angle_between_is_accurate_for_tiny_and_opposite_angles():
+    e1 = np.array([1.0, 0.0])
+    for deg in (1e-7, 1e-3, 45.0, 179.9999):
+        v = np.array([np.cos(np.radians(deg)), np.sin(np.radians(deg))])
+        assert angle_between(e1, v) == pytest.approx(deg, rel=1e-9)
+
+
+def test_angular_stats_needs_two_classes():
+    one = ls.Features(x=np.ones((4, 3)), y=np.zeros(4, int), pred=np.zeros(4, int), classes=["a"])
+    with pytest.raises(ArgumentError, match="two classes"):
+        ls.angular_stats(one)
+
+
+# -- hypersphere ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mlp_feat(zoo_path, digits_test):
+    ck = ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
+    return ls.extract_features(ck, digits_test)
+
+
+def test_features_of_the_drawn_dimension_are_only_normalised():
+    feat = _circle_features(radii=(2.0, 5.0))
+    sph = ls.hypersphere(feat)
+    assert sph.dim == 2 and sph.projection == "none"
+    np.testing.assert_allclose(sph.points, feat.x / np.linalg.norm(feat.x, axis=1, keepdims=True), atol=1e-7)
+    # class centres on the circle are the known centre directions
+    want = np.array([[np.cos(np.radians(c)), np.sin(np.radians(c))] for c in CENTRES])
+    np.testing.assert_allclose(sph.centers, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("projection,dim", [("pca", 3), ("pca", 2), ("lda", 3), ("lda", 2)])
+def test_projections_give_unit_vectors_and_full_space_stats(mlp_feat, projection, dim):
+    sph = ls.hypersphere(mlp_feat, dim=dim, projection=projection)
+    assert sph.points.shape == (360, dim) and sph.projection == projection
+    np.testing.assert_allclose(np.linalg.norm(sph.points, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(sph.centers, axis=1), 1.0, atol=1e-12)
+    assert sph.stats == ls.angular_stats(mlp_feat)  # full space, not the drawn points
+    assert len(sph.meta["explained_variance_ratio"]) == dim and sph.meta["feature_dim"] == 64
+
+
+def test_pca_projection_matches_an_svd_reference(mlp_feat):
+    sph = ls.hypersphere(mlp_feat, dim=3, projection="pca")
+    u = normalize_rows(mlp_feat.x)
+    centred = u - u.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    ref = normalize_rows(centred @ vt[:3].T)
+    signs = np.sign(np.sum(ref * sph.points, axis=0))  # each principal axis is defined up to sign
+    np.testing.assert_allclose(sph.points, ref * signs, atol=1e-5)
+
+
+def test_auto_projection_and_errors(mlp_feat):
+    assert ls.hypersphere(mlp_feat).projection == "pca" and ls.hypersphere(mlp_feat).dim == 3
+    with pytest.raises(ArgumentError, match="2 .* or 3"):
+        ls.hypersphere(mlp_feat, dim=4)
+    with pytest.raises(ArgumentError, match="projection 'tsne'"):
+        ls.hypersphere(mlp_feat, projection="tsne")
+    with pytest.raises(ArgumentError, match="64 dimensions"):
+        ls.hypersphere(mlp_feat, projection="none")
+    with pytest.raises(ArgumentError, match="n_classes - 1 = 2"):
+        ls.hypersphere(_embed(_circle_features(), 8), dim=3, projection="lda")
+
+
+def test_sphere_save_and_load(mlp_feat, tmp_path):
+    sph = ls.hypersphere(mlp_feat, dim=2)
+    back = ls.Sphere.load(sph.save(tmp_path / "sph"))
+    np.testing.assert_array_equal(back.points, sph.points)
+    assert back.stats == sph.stats and back.projection == "pca"
+
+
+def test_compare_stats_table(mlp_feat):
+    table = compare_stats({"ce": mlp_feat, "synthetic": _circle_features()})
+    assert list(table.rows) == ["ce", "synthetic"]
+    assert table.rows["synthetic"]["ratio"] == pytest.approx(1 / 9)
+    md = table.to_markdown()
+    assert md.splitlines()[0].startswith("| model | accuracy | compactness")
+    assert "| synthetic | 1.000 | 10.000 | 90.000 | 0.111 |" in md
+
+
+# -- t-SNE ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mlp_map(mlp_feat):
+    return ls.tsne(mlp_feat, seed=0, n_jobs=1)
+
+
+def test_tsne_map_of_the_shipped_ce_model_is_trustworthy(mlp_map, mlp_feat):
+    from sklearn.manifold import trustworthiness
+
+    assert mlp_map.coords.shape == (360, 2)
+    # measured 0.994 and 0.972 on the shipped mlp-ce; the thresholds leave room for library updates
+    assert mlp_map.trustworthiness > 0.97
+    assert mlp_map.knn_accuracy > 0.93
+    assert mlp_map.trustworthiness == pytest.approx(trustworthiness(mlp_feat.x, mlp_map.coords, n_neighbors=10))
+    assert mlp_map.meta["perplexity"] == 30 and mlp_map.meta["initialization"] == "pca"
+
+
+def test_knn_accuracy_is_leave_one_out(mlp_map):
+    from scipy.spatial.distance import cdist
+
+    d = cdist(mlp_map.coords, mlp_map.coords)
+    np.fill_diagonal(d, np.inf)
+    nearest = np.argsort(d, axis=1, kind="stable")[:, :10]
+    votes = np.array([np.bincount(mlp_map.y[row], minlength=10).argmax() for row in nearest])
+    assert mlp_map.knn_accuracy == pytest.approx(np.mean(votes == mlp_map.y))
+
+
+def test_same_seed_same_map(mlp_map, mlp_feat):
+    again = ls.tsne(mlp_feat, seed=0, n_jobs=1)
+    np.testing.assert_array_equal(again.coords, mlp_map.coords)
+
+
+def test_new_points_are_placed_on_a_fixed_map(mlp_feat, zoo_path, digits_train, tmp_path):
+    ck = ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
+    train = ls.extract_features(ck, digits_train.subset(400, seed=1))
+    ref = ls.tsne(train, seed=0, n_iter=300)
+    before = ref.coords.copy()
+    placed = ref.transform(mlp_feat)
+    np.testing.assert_array_equal(ref.coords, before)
+    assert placed.coords.shape == (360, 2) and placed.meta["placed_on"] == train.meta["data"]
+    assert placed.knn_accuracy > 0.9  # test points land among train points of their class
+    assert placed.trustworthiness > 0.9
+    # inside the map's extent, not thrown away from it
+    lo, hi = before.min(axis=0), before.max(axis=0)
+    assert np.all((placed.coords > lo - 0.1 * (hi - lo)) & (placed.coords < hi + 0.1 * (hi - lo)))
+    # the map's own points land where they are, in the same frame (no shift of the map)
+    again = ref.transform(train)
+    extent = np.ptp(before, axis=0).max()
+    assert np.median(np.linalg.norm(again.coords - before, axis=1)) < 0.01 * extent
+    assert np.all(np.abs((again.coords - before).mean(axis=0)) < 1e-3 * extent)
+    # only coordinates are saved: a reloaded map can be drawn but not extended
+    back = ls.Embedding.load(ref.save(tmp_path / "map"))
+    np.testing.assert_array_equal(back.coords, ref.coords)
+    assert ref.can_transform and not back.can_transform
+    with pytest.raises(ArgumentError, match="loaded from a file"):
+        back.transform(mlp_feat)
+    with pytest.raises(ArgumentError, match="64-dimensional"):
+        ref.transform(ls.Features(x=mlp_feat.x[:, :10], y=mlp_feat.y, pred=mlp_feat.pred))
+
+
+def test_tsne_argument_errors(mlp_feat):
+    with pytest.raises(ArgumentError, match="perplexity"):
+        ls.tsne(mlp_feat, perplexity=200)
+    with pytest.raises(ArgumentError, match="method"):
+        ls.tsne(mlp_feat, method="exact")
