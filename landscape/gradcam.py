@@ -169,8 +169,8 @@ def resolve_layer(model: nn.Module, target_layer: str | nn.Module | None, x: tor
     if target_layer is None:
         if not convs:
             raise ArgumentError(f"{type(model).__name__} has no convolutional layer (nn.Conv2d), so Grad-CAM has no "
-                                "spatial feature map to explain; pass target_layer='<name>' of a module whose output "
-                                "is (N, C, H, W), or use method='guided-backprop'.")
+                                "spatial feature map to explain; name a module whose output is (N, C, H, W) with "
+                                "target_layer (--layer on the CLI), or use method 'guided-backprop'.")
         order = _executed_convs(model, x[:1])
         name = order[-1] if order else convs[-1]
         return name, modules[name]
