@@ -62,8 +62,7 @@ class Surface(Result):
     @property
     def dirs(self) -> Directions:
         """The :class:`Directions` this surface was computed along."""
-        d = self.meta["directions"]
-        return Directions(self.directions, d["names"], d["shapes"], meta=d["meta"])
+        return _dirs_of(self)
 
 
 @dataclasses.dataclass
@@ -89,6 +88,16 @@ class Curve(Result):
     ce_loss: np.ndarray | None = None
     directions: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
     meta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def dirs(self) -> Directions:
+        """The :class:`Directions` (one) this curve was computed along."""
+        return _dirs_of(self)
+
+
+def _dirs_of(result) -> Directions:
+    d = result.meta["directions"]
+    return Directions(result.directions, d["names"], d["shapes"], meta=d["meta"])
 
 
 # -- inputs --------------------------------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""``landscape surface``: the loss surface (or a 1D line) of a checkpoint, with figures.
+
+Writes ``surface.npz`` (the :class:`landscape.surface.Surface`, directions included) and its
+figures (``contour.png``, ``contourf.png``, ``surface3d.html``) to ``--out``; with ``--line``
+writes ``line.npz`` and ``line.png``. Work is flushed chunk by chunk; ``--resume`` continues
+a killed run. Under ``torchrun`` the grid is sharded over the ranks (NCCL on GPUs, gloo on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from landscape.errors import ArgumentError
+from viz.cli import add_common
+
+EPILOG = """examples:
+  landscape surface trained_models/mlp-ce.safetensors --grid 51 --out runs/ce
+  landscape surface trained_models/cnn-ce.safetensors --grid 41x21 --range -1 1 -0.5 0.5 --samples 200
+  landscape surface trained_models/mlp-ce.safetensors --line --between trained_models/snapshots/mlp-ce/epoch005.safetensors
+  landscape surface trained_models/mlp-ce.safetensors --out runs/ce --resume     # continue a killed run
+  torchrun --nproc_per_node 2 -m viz.cli surface trained_models/resnet-ce.safetensors --grid 51
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("surface", help="loss surface / 1D line of a checkpoint, with contour and 3D figures",
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint file (the centre of the plane)")
+    p.add_argument("--data", default="digits", help="dataset spec (default: digits); see `landscape info`")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="data split (default: test)")
+    p.add_argument("--samples", type=int, default=None, help="evaluate on a seeded random subset of this size")
+    p.add_argument("--grid", default="51", help="points per axis: N or NXxNY, e.g. 51 or 41x21 (default: 51)")
+    p.add_argument("--range", nargs="+", type=float, default=[-1.0, 1.0], metavar="V",
+                   help="LO HI for both axes or XLO XHI YLO YHI (default: -1 1)")
+    p.add_argument("--line", action="store_true", help="a 1D line instead of a plane")
+    p.add_argument("--between", nargs="+", metavar="CKPT",
+                   help="directions through these checkpoints (1 for a line, 2 for a plane) instead of random ones")
+    p.add_argument("--dirs", metavar="FILE.npz", help="directions saved earlier (Directions.save or a surface file)")
+    p.add_argument("--norm", default="filter", choices=("filter", "layer", "weight", "none"),
+                   help="normalisation of random directions (default: filter)")
+    p.add_argument("--keep-biasbn", action="store_true", help="do not zero the directions of biases and batchnorm")
+    p.add_argument("--ce", action="store_true", help="also compute plain cross-entropy beside the training loss")
+    p.add_argument("--batch-size", type=int, default=None, help="evaluate the data in batches (default: all at once)")
+    p.add_argument("--chunk-size", type=int, default=64, help="grid points per flushed chunk (default: 64)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
+    p.add_argument("--log", action="store_true", help="log colour scale in the figures")
+    p.add_argument("--no-plots", action="store_true", help="write only the result file")
+    add_common(p, out="runs/surface")
+    p.set_defaults(func=run)
+
+
+def parse_grid(text: str, line: bool) -> tuple[int, int]:
+    """``"51"`` -> (51, 51); ``"41x21"`` -> (41, 21)."""
+    try:
+        parts = [int(v) for v in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1 or (line and len(parts) != 1):
+        raise ArgumentError(f"--grid {text!r}: give N{'' if line else ' or NXxNY'} with positive integers, e.g. 51"
+                            f"{'' if line else ' or 41x21'}.")
+    return parts[0], parts[-1]
+
+
+def parse_range(values: list[float], line: bool) -> tuple[tuple[float, float], tuple[float, float]]:
+    if len(values) == 2 or (line and len(values) == 2):
+        return (values[0], values[1]), (values[0], values[1])
+    if len(values) == 4 and not line:
+        return (values[0], values[1]), (values[2], values[3])
+    raise ArgumentError(f"--range takes LO HI{'' if line else ' or XLO XHI YLO YHI'}, got {len(values)} numbers.")
+
+
+def _directions(args, ck, n: int):
+    import landscape as ls
+    from landscape.directions import Directions, directions_between
+
+    if sum(x is not None for x in (args.between, args.dirs)) > 1:
+        raise ArgumentError("give either --between or --dirs, not both.")
+    if args.between:
+        if len(args.between) != n:
+            raise ArgumentError(f"--between needs {n} checkpoint{'s' if n > 1 else ''} for a {'line' if n == 1 else 'plane'}.")
+        return directions_between(ck, *args.between)
+    if args.dirs:
+        from landscape.results import Result
+
+        obj = Result.load(args.dirs)
+        dirs = obj if isinstance(obj, Directions) else getattr(obj, "dirs", None)
+        if dirs is None:
+            raise ArgumentError(f"{args.dirs} holds a {type(obj).__name__}, which carries no directions.")
+        if dirs.n < n:
+            raise ArgumentError(f"{args.dirs} holds {dirs.n} direction(s); {n} are needed.")
+        return dirs
+    return ls.random_directions(ck.model, n=n, seed=args.seed, norm=args.norm,
+                                ignore=None if args.keep_biasbn else "biasbn")
+
+
+def run(args) -> int:
+    import landscape as ls
+    from landscape.surface import init_distributed, interpolate, surface
+
+    rank, _, device = init_distributed(args.device)
+    nx, ny = parse_grid(args.grid, args.line)
+    xr, yr = parse_range(args.range, args.line)
+    ck = ls.load_checkpoint(args.checkpoint, device=device)
+    data = ls.load_dataset(args.data, split=args.split).subset(args.samples, seed=args.seed)
+    out = Path(args.out)
+    progress = False if args.quiet else None
+    common = dict(seed=args.seed, with_ce=args.ce, batch_size=args.batch_size, resume=args.resume,
+                  chunk_size=args.chunk_size, progress=progress)
+    dirs = _directions(args, ck, 1 if args.line else 2)
+    if args.line:
+        result = interpolate(ck, dirs, data, t=(xr[0], xr[1], nx), out=out / "line.npz", **common)
+    else:
+        result = surface(ck, data, dirs, x=(*xr, nx), y=(*yr, ny), out=out / "surface.npz", **common)
+    if rank != 0:
+        return 0
+    written = [out / ("line.npz" if args.line else "surface.npz")]
+    if not args.no_plots:
+        written += _figures(result, out, args.line, args.log)
+    if not args.quiet:
+        centre = "" if args.line else f", centre loss {result.loss[len(result.y) // 2, len(result.x) // 2]:.4g}"
+        print(f"{ck.name}: {'line' if args.line else 'surface'} of {len(data)} samples{centre}")
+        for path in written:
+            print(f"  wrote {path}")
+    return 0
+
+
+def _figures(result, out: Path, line: bool, log: bool) -> list[Path]:
+    from viz import surface as vs
+
+    plots = {"line": vs.curve(result, log=log)} if line else {
+        "contour": vs.contour(result, log=log), "contourf": vs.contourf(result, log=log),
+        "surface3d": vs.surface3d(result, interactive=True, log=log)}
+    written = []
+    for name, plot in plots.items():
+        written += plot.save(out / name)
+        plot.close()
+    return written
