@@ -100,6 +100,7 @@ class _Subject:
     model: nn.Module
     normalize: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
+    dtype: torch.dtype
     name: str
     digest: str
     classes: list | None
@@ -107,19 +108,21 @@ class _Subject:
 
 
 def _subject(ck: Checkpoint | nn.Module) -> _Subject:
+    model = ck.model if isinstance(ck, Checkpoint) else ck
+    if not isinstance(model, nn.Module):
+        raise ArgumentError(f"gradcam needs a Checkpoint (ls.load_checkpoint) or an nn.Module, got {type(ck).__name__}.")
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     if isinstance(ck, Checkpoint):
         shape = ck.meta.get("input_shape")
-        return _Subject(ck.model, ck.normalize, ck.device, ck.name, ck.digest, ck.meta.get("classes"),
+        return _Subject(model, ck.normalize, ck.device, dtype, ck.name, ck.digest, ck.meta.get("classes"),
                         tuple(shape) if shape else None)
-    if isinstance(ck, nn.Module):
-        param = next(ck.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        return _Subject(ck, lambda x: x, device, type(ck).__name__, "", None, None)
-    raise ArgumentError(f"gradcam needs a Checkpoint (ls.load_checkpoint) or an nn.Module, got {type(ck).__name__}.")
+    device = param.device if param is not None else torch.device("cpu")
+    return _Subject(model, lambda x: x, device, dtype, type(model).__name__, "", None, None)
 
 
 def _images(images: Dataset | np.ndarray | torch.Tensor, subject: _Subject) -> tuple[torch.Tensor, np.ndarray | None, str]:
-    """Raw images ``(N, C, H, W)`` as a float32 tensor on the device, the labels if known, a name."""
+    """Raw images ``(N, C, H, W)`` on the model's device and dtype, the labels if known, a name."""
     labels, name = None, "images"
     if isinstance(images, Dataset):
         labels, name = np.asarray(images.y), images.name or "dataset"
@@ -132,7 +135,8 @@ def _images(images: Dataset | np.ndarray | torch.Tensor, subject: _Subject) -> t
     if subject.input_shape is not None and tuple(x.shape[1:]) != subject.input_shape:
         raise ArgumentError(f"images have shape {tuple(x.shape[1:])} but {subject.name!r} expects "
                             f"{subject.input_shape}; use the dataset it was trained on.")
-    return x.to(device=subject.device, dtype=torch.float32), labels, name
+    # a copy, so that images made under torch.inference_mode can enter autograd
+    return x.to(device=subject.device, dtype=subject.dtype, copy=True), labels, name
 
 
 # -- finding the layer ------------------------------------------------------------------------
@@ -246,6 +250,8 @@ def _layer_pass(model, layer, x, target):
     try:
         with torch.enable_grad():
             logits = model(x)
+            if "A" not in captured:
+                raise ArgumentError("the target layer did not run in the forward pass; choose a layer the model uses.")
             target = _targets(target, logits)
             (grads,) = torch.autograd.grad(_class_score(logits, target), captured["A"])
     finally:
@@ -361,7 +367,12 @@ def gradcam(ck: Checkpoint | nn.Module, images: Dataset | np.ndarray | torch.Ten
         raise ArgumentError(f"unknown Grad-CAM method {method!r}.{did_you_mean(method, METHODS)}")
     if batch_size < 1:
         raise ArgumentError(f"batch_size must be at least 1, got {batch_size}.")
-    subject = _subject(ck)
+    with torch.inference_mode(False):  # gradients are needed even when the caller is in inference mode
+        return _gradcam(_subject(ck), images, target_layer, method, target, batch_size)
+
+
+def _gradcam(subject: _Subject, images: Dataset | np.ndarray | torch.Tensor, target_layer: str | nn.Module | None,
+             method: str, target: Any, batch_size: int) -> CAM:
     raw_images, labels, data_name = _images(images, subject)
     x_all = subject.normalize(raw_images)
     targets = _target_array(target, len(x_all))
@@ -383,7 +394,7 @@ def gradcam(ck: Checkpoint | nn.Module, images: Dataset | np.ndarray | torch.Ten
     classes = list(subject.classes) if subject.classes else [str(i) for i in range(num_classes)]
     if isinstance(images, Dataset):
         classes = list(images.classes)
-    return CAM(images=raw_images.cpu().numpy(), maps=out["maps"].astype(np.float32), guided=out.get("guided"),
+    return CAM(images=raw_images.float().cpu().numpy(), maps=out["maps"].astype(np.float32), guided=out.get("guided"),
                raw=out.get("raw"), pred=out["pred"], target=out["target"],
                confidence=out["probs"][np.arange(len(out["pred"])), out["pred"]].astype(np.float32),
                labels=labels, classes=classes, meta=meta)

@@ -167,6 +167,23 @@ def test_inplace_and_functional_relu_give_the_same_maps(relu, method):
         np.testing.assert_allclose(got.guided, ref.guided, atol=1e-7)
 
 
+def test_float64_model_and_inference_mode_caller():
+    ref = gradcam(Tiny(), X, target_layer="conv", method="guided-gradcam", target=1)
+    model = Tiny().double()
+    with torch.inference_mode():
+        got = gradcam(model, X.double(), target_layer="conv", method="guided-gradcam", target=1)
+    assert got.raw.dtype == np.float64
+    np.testing.assert_allclose(got.raw[0], 5.5 * NEG / 81, atol=1e-12)
+    np.testing.assert_allclose(got.guided, ref.guided, atol=1e-7)
+
+
+def test_layer_that_does_not_run_is_refused():
+    model = Tiny()
+    model.unused = nn.Conv2d(1, 1, 1)
+    with pytest.raises(ArgumentError, match="did not run"):
+        gradcam(model, X, target_layer="unused")
+
+
 def test_all_zero_map_stays_zero_without_nan():
     # x > 0 everywhere: channel 2 is dead, and class 1 weighs channel 1 negatively, so the map is 0.
     cam = gradcam(Tiny(), torch.full((1, 1, 3, 3), 0.5), target_layer="conv", target=1)
