@@ -12,6 +12,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from torch import nn
 
 import landscape as ls
@@ -126,6 +129,21 @@ def test_gradcam_by_hand():
     cam1 = gradcam(Tiny(), X, target_layer="conv", target=1)
     np.testing.assert_allclose(cam1.raw[0], 5.5 * NEG / 81, atol=1e-7)
     np.testing.assert_allclose(cam1.confidence, [np.exp(22 / 9) / np.exp([22 / 9, -7 / 9, 6 / 9]).sum()], rtol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=arrays(np.float32, (1, 1, 3, 3), elements=st.floats(-4, 4, width=32)), target=st.integers(0, 2))
+def test_gradcam_closed_form_on_random_images(x, target):
+    # For class c with head row (w1, w2): dS/dA_1 = w1/9 where x > 0 and dS/dA_2 = w2/9 where x < 0,
+    # so the weights are (w1 p/81, w2 q/81) with p, q the numbers of positive and negative pixels
+    # and the map is ReLU(x (w1 p - w2 q) / 81).
+    w1, w2 = Tiny.W[target]
+    p, q = (x > 0).sum(), (x < 0).sum()
+    expected = np.maximum(x[0, 0].astype(np.float64) * (w1 * p - w2 * q) / 81, 0)
+    cam = gradcam(Tiny(), x, target_layer="conv", target=target)
+    np.testing.assert_allclose(cam.raw[0], expected, atol=1e-6)
+    peak = expected.max()
+    np.testing.assert_allclose(cam.maps[0], expected / peak if peak > 0 else 0 * expected, atol=1e-5)
 
 
 def test_gradcam_plus_plus_by_hand():
