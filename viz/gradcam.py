@@ -77,9 +77,32 @@ def _colorbar(fig, axes, cmap: str) -> None:
     fig.colorbar(mappable, ax=axes, fraction=0.03, pad=0.02, shrink=0.9, label="map (scaled per image)")
 
 
-def _blank(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _draw_row(axes, label: str, what: str, cam: CAM, n: int, cmap: str, alpha: float) -> np.ndarray | None:
+    """Draw the first ``n`` images of ``cam`` as ``what`` ("image", "map" or "guided") into one row.
+
+    Returns the guided colour-scale half-ranges for a guided row, else None.
+    """
+    scale = _guided_scale(cam.guided[:n]) if what == "guided" else None
+    for i, ax in enumerate(axes[:n]):
+        if what == "image":
+            _show_image(ax, cam.images[i])
+        elif what == "map":
+            _show_overlay(ax, cam.images[i], cam.maps[i], cmap, alpha)
+        else:
+            _show_guided(ax, cam.guided[i], scale[i])
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].set_ylabel(label, fontsize=10)
+    return scale
+
+
+def _title_predictions(axes, cam: CAM, n: int, fontsize: int) -> list[str]:
+    titles = []
+    for i, ax in enumerate(axes[:n]):
+        text, wrong = _title(cam, i)
+        ax.set_title(text, fontsize=fontsize, color="tab:red" if wrong else "black")
+        titles.append(text)
+    return titles
 
 
 def _caption(cam: CAM, n: int) -> str:
@@ -120,33 +143,18 @@ def gradcam_grid(cams: CAM, max_images: int = 8, alpha: float = 0.5, cmap: str =
 
     n = _check(cams, max_images)
     method = cams.meta.get("method", "gradcam")
-    rows = [("image", None), (_ROW_NAMES.get(method, method), "map")]
+    rows = [("image", "image"), (_ROW_NAMES.get(method, method), "map")]
     if cams.guided is not None:
         rows.append((_GUIDED_NAMES.get(method, "guided"), "guided"))
     fig, axes = plt.subplots(len(rows), n, figsize=(panel * n + 0.9, panel * len(rows) + 0.8), squeeze=False)
-    scale = _guided_scale(cams.guided[:n]) if cams.guided is not None else None
-    titles = []
-    for i in range(n):
-        text, wrong = _title(cams, i)
-        titles.append(text)
-        axes[0, i].set_title(text, fontsize=10, color="tab:red" if wrong else "black")
-        for r, (label, what) in enumerate(rows):
-            ax = axes[r, i]
-            if what is None:
-                _show_image(ax, cams.images[i])
-            elif what == "map":
-                _show_overlay(ax, cams.images[i], cams.maps[i], cmap, alpha)
-            else:
-                _show_guided(ax, cams.guided[i], scale[i])
-            _blank(ax)
-            if i == 0:
-                ax.set_ylabel(label, fontsize=10)
+    scales = [_draw_row(axes[r], label, what, cams, n, cmap, alpha) for r, (label, what) in enumerate(rows)]
+    titles = _title_predictions(axes[0], cams, n, fontsize=10)
     _colorbar(fig, axes[1, :].tolist(), cmap)
     fig.suptitle(title or f"{_ROW_NAMES.get(method, method)}: {cams.meta.get('checkpoint', '')}", fontsize=12)
     values = {"images": cams.images[:n], "maps": cams.maps[:n], "pred": cams.pred[:n],
               "confidence": cams.confidence[:n], "target": cams.target[:n], "titles": titles}
     if cams.guided is not None:
-        values.update(guided=cams.guided[:n], guided_scale=scale)
+        values.update(guided=cams.guided[:n], guided_scale=scales[-1])
     if cams.labels is not None:
         values["labels"] = cams.labels[:n]
     return Plot(fig, values, _caption(cams, n), kind="gradcam_grid")
@@ -208,23 +216,12 @@ def gradcam_compare(cams: Mapping[str, CAM], max_images: int = 8, alpha: float =
         values["labels"] = first.labels[:n]
     for r, (label, what, name) in enumerate(rows):
         cam = cams[name] if name is not None else first
-        scale = _guided_scale(cam.guided[:n]) if what == "guided" else None
-        for i in range(n):
-            ax = axes[r, i]
-            if what == "image":
-                _show_image(ax, first.images[i])
-                if first.labels is not None:
-                    ax.set_title(f"label {first.classes[first.labels[i]]}", fontsize=10)
-            elif what == "map":
-                _show_overlay(ax, cam.images[i], cam.maps[i], cmap, alpha)
-                text, wrong = _title(cam, i)
-                ax.set_title(text, fontsize=9, color="tab:red" if wrong else "black")
-            else:
-                _show_guided(ax, cam.guided[i], scale[i])
-            _blank(ax)
-            if i == 0:
-                ax.set_ylabel(label, fontsize=10)
-        if what == "map":
+        scale = _draw_row(axes[r], label, what, cam, n, cmap, alpha)
+        if what == "image" and first.labels is not None:
+            for i, ax in enumerate(axes[r, :n]):
+                ax.set_title(f"label {first.classes[first.labels[i]]}", fontsize=10)
+        elif what == "map":
+            _title_predictions(axes[r], cam, n, fontsize=9)
             values.update({f"{name}/maps": cam.maps[:n], f"{name}/pred": cam.pred[:n],
                            f"{name}/confidence": cam.confidence[:n]})
         elif what == "guided":
