@@ -50,6 +50,23 @@ def class_centers(u: np.ndarray, y: np.ndarray, labels: np.ndarray) -> np.ndarra
     return normalize_rows(np.stack([u[y == k].mean(axis=0) for k in labels]))
 
 
+def by_name(items) -> dict[str, Any]:
+    """Key objects with a ``.name`` (Features, Embedding, Sphere, Checkpoint) by it, in order.
+
+    A mapping is returned as a dict unchanged; a repeated name (the same checkpoint twice,
+    e.g. for two layers) gets a suffix ``-2``, ``-3``, ... so that no entry is lost.
+    """
+    if isinstance(items, Mapping):
+        return {str(k): v for k, v in items.items()}
+    named: dict[str, Any] = {}
+    for item in items:
+        name, i = item.name, 2
+        while name in named:
+            name, i = f"{item.name}-{i}", i + 1
+        named[name] = item
+    return named
+
+
 # -- angular statistics --------------------------------------------------------------------
 def angular_stats(feat: Features, max_silhouette: int = 5000, seed: int = 0) -> dict[str, Any]:
     """Angular compactness and separation of the classes, in the full feature space.
@@ -143,7 +160,7 @@ def compare_stats(feats: Mapping[str, Features] | list[Features], max_silhouette
     Parameters
     ----------
     feats : mapping of name to Features, or list of Features
-        A list is keyed by each ``Features.name`` (the checkpoint name).
+        A list is keyed by each ``Features.name`` (the checkpoint name), made unique by :func:`by_name`.
     max_silhouette, seed : int
         As in :func:`angular_stats`.
 
@@ -152,8 +169,7 @@ def compare_stats(feats: Mapping[str, Features] | list[Features], max_silhouette
     StatsTable
         One row per entry, in the given order.
     """
-    if not isinstance(feats, Mapping):
-        feats = {f.name: f for f in feats}
+    feats = by_name(feats)
     if not feats:
         raise ArgumentError("compare_stats needs at least one Features object.")
     rows = {}
@@ -444,5 +460,5 @@ def tsne(feat: Features, seed: int = 0, perplexity: float = 30.0, n_jobs: int = 
     return emb
 
 
-__all__ = ["Embedding", "Sphere", "StatsTable", "angular_stats", "compare_stats", "hypersphere", "tsne",
+__all__ = ["Embedding", "Sphere", "StatsTable", "angular_stats", "by_name", "compare_stats", "hypersphere", "tsne",
            "normalize_rows", "angle_between", "class_centers"]

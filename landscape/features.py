@@ -98,7 +98,7 @@ def _resolve_layer(model: nn.Module, layer: str) -> nn.Module:
     modules = dict(model.named_modules())
     if not layer or layer not in modules:
         raise ArgumentError(f"model {type(model).__name__} has no layer {layer!r}; leave the layer out for the "
-                            f"penultimate features or one of its layer names.{did_you_mean(layer, layer_names(model))}")
+                            f"penultimate features, or use one of its layer names.{did_you_mean(layer, layer_names(model))}")
     return modules[layer]
 
 

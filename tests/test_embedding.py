@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import landscape as ls
-from landscape.embedding import angle_between, compare_stats, normalize_rows
+from landscape.embedding import angle_between, by_name, compare_stats, normalize_rows
 from landscape.errors import ArgumentError
 
 # three classes on the circle: centre angle and the half-spread of its two symmetric samples
@@ -216,3 +216,22 @@ def test_tsne_argument_errors(mlp_feat):
         ls.tsne(mlp_feat, perplexity=200)
     with pytest.raises(ArgumentError, match="method"):
         ls.tsne(mlp_feat, method="exact")
+
+
+def test_three_dimensional_features_are_shown_as_they_are(tiny_checkpoint, digits_test):
+    ck = ls.load_checkpoint(tiny_checkpoint("mlp", hidden=[32, 3]), device="cpu")
+    feat = ls.extract_features(ck, digits_test)
+    sph = ls.hypersphere(feat)
+    assert feat.dim == 3 and sph.dim == 3 and sph.projection == "none"
+    np.testing.assert_allclose(sph.points, normalize_rows(feat.x), atol=1e-6)
+    # with no projection the drawn centres are the full-space centres of the statistics
+    u = normalize_rows(feat.x)
+    for k, c in zip(sph.stats["labels"], sph.centers):
+        np.testing.assert_allclose(angle_between(u[feat.y == k], c).mean(),
+                                   sph.stats["class_compactness"][k], atol=1e-9)
+
+
+def test_by_name_keeps_repeated_names():
+    f = _circle_features()
+    assert list(by_name([f, f, f])) == ["synthetic", "synthetic-2", "synthetic-3"]
+    assert list(compare_stats([f, f]).rows) == ["synthetic", "synthetic-2"]

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from landscape.embedding import STAT_COLUMNS, Embedding, Sphere, StatsTable
+from landscape.embedding import STAT_COLUMNS, Embedding, Sphere, StatsTable, by_name
 from landscape.errors import ArgumentError
 
 from .figure import Plot
@@ -44,14 +44,11 @@ def class_colors(n: int) -> list[str]:
 
 
 def _as_dict(items, kind) -> dict:
-    """A mapping of name to result from a mapping, a list (keyed by ``.name``) or one result."""
-    if isinstance(items, kind):
-        items = [items]
-    if not isinstance(items, Mapping):
-        items = {it.name: it for it in items}
+    """A mapping of name to result from a mapping, a list (keyed by unique ``.name``) or one result."""
+    items = by_name([items] if isinstance(items, kind) else items)
     if not items:
         raise ArgumentError(f"nothing to draw: give at least one {kind.__name__}.")
-    return dict(items)
+    return items
 
 
 def _class_name(classes: Sequence[str], k: int) -> str:

@@ -56,17 +56,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _unique_names(checkpoints) -> list[str]:
-    """Checkpoint names for panels and files; repeated stems get a numeric suffix."""
-    names: list[str] = []
-    for ck in checkpoints:
-        name, i = ck.name, 2
-        while name in names:
-            name, i = f"{ck.name}-{i}", i + 1
-        names.append(name)
-    return names
-
-
 def _dataset(args, ck, split: str):
     import landscape as ls
 
@@ -87,16 +76,15 @@ def _say(args, text: str) -> None:
 
 def run(args) -> int:
     import landscape as ls
-    from landscape.embedding import compare_stats
+    from landscape.embedding import by_name, compare_stats
 
     out = Path(args.out)
-    cks = [ls.load_checkpoint(path, device=args.device, arch=args.arch) for path in args.checkpoints]
-    names = _unique_names(cks)
-    feats = {name: _features(args, ck, args.split) for name, ck in zip(names, cks)}
+    cks = by_name([ls.load_checkpoint(path, device=args.device, arch=args.arch) for path in args.checkpoints])
+    feats = {name: _features(args, ck, args.split) for name, ck in cks.items()}
     written: list[Path] = []
     if args.method in ("tsne", "both"):
         embs = {}
-        for name, ck in zip(names, cks):
+        for name, ck in cks.items():
             if args.map_split and args.map_split != args.split:
                 ref = ls.tsne(_features(args, ck, args.map_split), seed=args.seed, perplexity=args.perplexity,
                               n_jobs=args.n_jobs)
