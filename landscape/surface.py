@@ -23,7 +23,7 @@ from . import grid
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import Dataset, load_dataset
 from .directions import Directions, directions_between, random_directions
-from .errors import ArgumentError
+from .errors import ArgumentError, ResumeError
 from .evaluator import GridEvaluator
 from .results import Result
 
@@ -162,8 +162,31 @@ def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarra
                    "fields": list(ev.fields), "batch_size": batch_size}
     fields_meta.update(criterion=crit_name)
     values = grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
-                           fingerprint=fingerprint, resume=resume, chunk_size=chunk_size, progress=progress, desc=desc)
+                           fingerprint=fingerprint, resume=_checked_resume(out, resume), chunk_size=chunk_size,
+                           progress=progress, desc=desc)
     return values
+
+
+def _checked_resume(out: Path | None, resume: bool) -> bool:
+    """Refuse earlier progress on every rank *before* any rank writes its own.
+
+    ``run_grid`` looks for earlier progress files when it starts; under torch.distributed a
+    fast rank may already have flushed its first chunk when a slow rank looks, and the slow
+    rank would refuse a fresh run. So the check is done here, followed by a barrier, and
+    ``run_grid`` is then told to resume (it only ever finds this run's own files, whose
+    fingerprint matches).
+    """
+    rank, world = grid.dist_info()
+    if out is None or world == 1:
+        return resume
+    existing = grid.progress_files(out)
+    if existing and not resume:
+        raise ResumeError(f"{existing[0]} holds progress of an earlier run; pass resume=True (--resume) to continue "
+                          "it, or delete it to start over.")
+    import torch.distributed as dist
+
+    dist.barrier()
+    return True
 
 
 def _meta(ck: Checkpoint, data: Dataset, dirs: Directions, seed: int, **extra) -> dict:
