@@ -142,7 +142,7 @@ def phenotype_names() -> list[str]:
     return [n for n in losses.names() if isinstance(losses.get(n), losses.ProbabilityLoss)]
 
 
-def phenotype(loss: LossLike, resolution: int = 51, **params) -> Phenotype:
+def phenotype(loss: LossLike, resolution: int = 51, label: str | None = None, **params) -> Phenotype:
     """The 3D and binary phenotype of ``loss`` on a ``resolution`` x ``resolution`` grid over ``[0, 1]^2``.
 
     Parameters
@@ -154,6 +154,8 @@ def phenotype(loss: LossLike, resolution: int = 51, **params) -> Phenotype:
         them) returning the elementwise loss.
     resolution : int
         Points per axis, ``>= 2`` (default 51, endpoints included).
+    label : str, optional
+        Legend label (default: the name or spec as given, or the function's name).
     **params
         Parameters of a registered loss (``phenotype("adma", a=0.1)``).
 
@@ -170,7 +172,8 @@ def phenotype(loss: LossLike, resolution: int = 51, **params) -> Phenotype:
     """
     if int(resolution) != resolution or resolution < 2:
         raise ArgumentError(f"resolution must be an integer >= 2, got {resolution!r}.")
-    fn, label = _resolve(loss, params)
+    fn, default_label = _resolve(loss, params)
+    label = default_label if label is None else str(label)
     grid = np.linspace(0.0, 1.0, int(resolution))
     y, yh = np.meshgrid(grid, grid)  # rows: yhat, columns: y
     raw = np.asarray(fn(y, yh), dtype=np.float64)
@@ -179,7 +182,7 @@ def phenotype(loss: LossLike, resolution: int = 51, **params) -> Phenotype:
         raise ArgumentError(f"loss {label!r} is not finite at y={grid[bad[1]]:g}, yh={grid[bad[0]]:g}; protect its "
                             "logs and divisions with eps (ln(|x| + 1e-7), a / (b + 1e-7)).")
     binary = raw[:, -1].copy()  # the y = 1 column
-    meta = {"loss": loss if isinstance(loss, str) else label, "label": label, "params": dict(params),
+    meta = {"loss": loss if isinstance(loss, str) else default_label, "label": label, "params": dict(params),
             "resolution": int(resolution), "convention": "two-class: targets (y, 1-y), predictions (yh, 1-yh), summed",
             "axes": "raw[i, j] = L(y[j], yhat[i])"}
     return Phenotype(y=grid, yhat=grid.copy(), raw=raw, normalized=minmax(raw), binary_raw=binary,

@@ -223,3 +223,16 @@ def test_cli_reports_a_margin_loss_as_a_user_error(tmp_path, capsys):
 
     assert main(["phenotype", "am-softmax", "--out", str(tmp_path), "--quiet"]) == 2
     assert "no phenotype" in capsys.readouterr().err
+
+
+def test_label_names_a_users_function_and_panels_select_the_figure():
+    import viz
+
+    ph = ls.phenotype(lambda y, yh: (y - yh) ** 2, resolution=11, label="squared error")
+    assert ph.label == "squared error"
+    plot = viz.phenotype_curves([ph, ls.phenotype("CE", 11)], panels=("normalized",))
+    assert len(plot.fig.axes) == 1 and set(plot.values) == {"yhat", "normalized"}
+    assert plot.fig.axes[0].lines[1].get_linestyle() == "--"  # CE is the dashed reference
+    plot.close()
+    with pytest.raises(ArgumentError, match="panels"):
+        viz.phenotype_curves([ph], panels=("log",))

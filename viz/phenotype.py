@@ -32,7 +32,7 @@ def _labels(phenotypes: Sequence[Phenotype]) -> list[str]:
 
 
 def phenotype_curves(phenotypes: Sequence[Phenotype], reference: str | None = "auto",
-                     title: str | None = None) -> Plot:
+                     panels: Sequence[str] = ("raw", "normalized"), title: str | None = None) -> Plot:
     """Binary phenotypes (``y = 1``) of several losses, raw and min-max normalised side by side.
 
     Parameters
@@ -41,6 +41,8 @@ def phenotype_curves(phenotypes: Sequence[Phenotype], reference: str | None = "a
         Computed on the same ``yhat`` grid (e.g. ``[ls.phenotype(n) for n in ("A2", "CE")]``).
     reference : str or None
         Label of the loss drawn as the black dashed reference; ``"auto"`` picks CE when present.
+    panels : sequence of {"raw", "normalized"}
+        Which panels to draw, in order (seed 003 Fig. 5 is ``("normalized",)``).
     title : str, optional
         Figure title.
 
@@ -57,12 +59,17 @@ def phenotype_curves(phenotypes: Sequence[Phenotype], reference: str | None = "a
     yhat = phenotypes[0].yhat
     if any(ph.yhat.shape != yhat.shape or not np.allclose(ph.yhat, yhat) for ph in phenotypes):
         raise ArgumentError("phenotype_curves needs every phenotype on the same yhat grid; use one resolution.")
+    panels = tuple(panels)
+    if not panels or set(panels) - {"raw", "normalized"}:
+        raise ArgumentError(f"panels must be a non-empty selection of 'raw' and 'normalized', got {panels!r}.")
     labels = _labels(phenotypes)
     if reference == "auto":
         reference = next((lab for lab in labels if lab.lower() in _REFERENCE_NAMES), None)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    values = {"yhat": yhat, "raw": {}, "normalized": {}}
-    for ax, key, title_ in zip(axes, ("raw", "normalized"), ("raw", "normalised")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), constrained_layout=True, squeeze=False)
+    axes = axes[0]
+    values = {"yhat": yhat, **{key: {} for key in panels}}
+    for ax, key in zip(axes, panels):
+        title_ = "normalised" if key == "normalized" else key
         for ph, label in zip(phenotypes, labels):
             curve = ph.binary_raw if key == "raw" else ph.binary_normalized
             style = {"color": "black", "linestyle": "--", "linewidth": 2} if label == reference else {"linewidth": 1.6}
@@ -72,7 +79,7 @@ def phenotype_curves(phenotypes: Sequence[Phenotype], reference: str | None = "a
         ax.set_xlabel(YHAT_LABEL)
         ax.set_ylabel("loss at y = 1" + (" (min-max)" if key == "normalized" else ""))
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[-1].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     caption = (f"Binary phenotype (y = 1) of {', '.join(labels)} on {len(yhat)} points over ŷ in [0, 1]; "
