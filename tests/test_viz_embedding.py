@@ -179,3 +179,39 @@ def test_embed_command_wrong_layer_lists_layers(zoo_path, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "no layer 'body.9'" in err and "Available: body, body.0" in err and "Traceback" not in err
+
+
+# -- a real browser, offline ---------------------------------------------------------------
+@pytest.mark.browser
+@pytest.mark.slow
+def test_sphere_grid_renders_offline_in_chromium(tmp_path):
+    import shutil
+
+    binary, chromedriver = shutil.which("chromium") or shutil.which("google-chrome"), shutil.which("chromedriver")
+    if not binary or not chromedriver:
+        pytest.skip("headless Chromium not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    spheres = [ls.hypersphere(_features(8, 0), dim=3), ls.hypersphere(_features(8, 1), dim=3)]
+    page = hypersphere_grid(spheres).save(tmp_path / "grid")[0]
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    # no name resolves: anything fetched from the network would fail and log an error
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
+                 "--disable-dev-shm-usage", "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=opts)
+    try:
+        driver.get(page.as_uri())
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "return typeof window.Plotly !== 'undefined' && document.querySelectorAll('.gl-container').length > 0"))
+        legend = driver.execute_script("return Array.from(document.querySelectorAll('g.legend .traces'))"
+                                       ".map(t => t.textContent)")
+        assert legend == CLASSES
+        assert driver.execute_script("return document.querySelectorAll('table, .table').length") >= 1
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()

@@ -272,7 +272,8 @@ def hypersphere(sph: Sphere, interactive: bool | None = None, title: str | None 
 
         fig = go.Figure(_sphere_traces(sph, point_size or 3.0, showlegend=True))
         fig.update_layout(title=dict(text=f"{title}<br><sub>{_projection_label(sph)}</sub>"),
-                          legend=dict(title="class"), width=700, height=620, template="plotly_white")
+                          legend=dict(title="class", itemsizing="constant"), width=700, height=620,
+                          template="plotly_white")
         if sph.dim == 3:
             fig.update_layout(scene=_scene_layout())
         else:
@@ -408,7 +409,8 @@ def _plotly_grid(spheres: dict[str, Sphere], dim: int, table: bool, point_size: 
         fig.update_scenes(**_scene_layout())
     if table:
         fig.add_trace(_plotly_table(_table_rows(spheres)), row=2, col=1)
-    fig.update_layout(width=max(700, 480 * n), height=720 if table else 520, legend=dict(title="class"),
+    fig.update_layout(width=max(700, 480 * n), height=720 if table else 520,
+                      legend=dict(title="class", itemsizing="constant"),
                       template="plotly_white")
     return fig
 
