@@ -1,9 +1,10 @@
-"""``landscape phenotype LOSS [LOSS ...]``: draw loss phenotypes (seed 003 section 4.1, seed 001 Fig. 1).
+"""landscape phenotype LOSS [LOSS ...]: draw loss phenotypes (seed 003 section 4.1, seed 001 Fig. 1).
 
-Writes into --out: ``curves.png`` (binary phenotypes, raw and normalised), per loss
-``surface-<loss>.png`` and ``.html`` (3D phenotype, static and interactive), and for every
-loss but the reference ``difference-<loss>-<reference>.png`` and ``.html``; each figure
-with a ``.json`` of the values it plots.
+Writes into --out: curves.png (binary phenotypes at y = 1, raw and normalised), per loss
+surface-<loss>.png and .html (3D phenotype, static and interactive), and for every loss
+but the reference difference-<loss>-<reference>.png and .html (normalised difference);
+each figure with a .json of the values it plots. Phenotypes are exact and deterministic:
+--device and --seed do not change them.
 """
 from __future__ import annotations
 
