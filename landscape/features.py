@@ -97,13 +97,14 @@ def _capture(module: nn.Module) -> Iterator[list[torch.Tensor]]:
 def _resolve_layer(model: nn.Module, layer: str) -> nn.Module:
     modules = dict(model.named_modules())
     if not layer or layer not in modules:
+        hint = did_you_mean(layer, layer_names(model))
         raise ArgumentError(f"model {type(model).__name__} has no layer {layer!r}; leave the layer out for the "
-                            f"penultimate features, or use one of its layer names.{did_you_mean(layer, layer_names(model))}")
+                            f"penultimate features, or use one of its layer names.{hint}")
     return modules[layer]
 
 
 @contextlib.contextmanager
-def _reader(model: nn.Module, layer: str | None) -> Iterator[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+def _reader(model: nn.Module, layer: str | None) -> Iterator[Callable[[torch.Tensor], tuple[torch.Tensor, ...]]]:
     """Yield a function mapping a batch to ``(features, logits)``; any hook lives only inside the block."""
     if layer is None:
         parts = split_head(model)

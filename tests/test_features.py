@@ -129,3 +129,15 @@ def test_features_save_and_load(mlp, digits_test, tmp_path):
     np.testing.assert_array_equal(back.x, feat.x)
     np.testing.assert_array_equal(back.pred, feat.pred)
     assert back.meta == feat.meta and back.classes == feat.classes
+
+
+@pytest.mark.gpu
+def test_features_on_cuda_match_cpu(zoo_path, digits_test):
+    cpu = ls.extract_features(ls.load_checkpoint(zoo_path("cnn-ce"), device="cpu"), digits_test)
+    ck = ls.load_checkpoint(zoo_path("cnn-ce"), device="cuda")
+    gpu = ls.extract_features(ck, digits_test, batch_size=100)
+    hooked = ls.extract_features(ck, digits_test, layer="body.conv3", batch_size=100)
+    np.testing.assert_allclose(gpu.x, cpu.x, rtol=1e-3, atol=1e-4)  # TF32/cuDNN differ in the last digits
+    assert np.mean(gpu.pred == cpu.pred) > 0.99
+    assert hooked.x.shape == (360, 512) and isinstance(hooked.x, np.ndarray)
+    assert _all_hooks(ck.model) == 0

@@ -35,7 +35,8 @@ def register(sub) -> None:
     p.add_argument("--layer", default=None,
                    help="submodule whose output is used (default: the penultimate features, model.features); "
                         "a wrong name lists the available ones")
-    p.add_argument("--data", default=None, help="dataset spec (default: the one in each checkpoint's meta, else digits)")
+    p.add_argument("--data", default=None,
+                   help="dataset spec (default: the one in each checkpoint's meta, else digits)")
     p.add_argument("--split", default="test", choices=("train", "test"), help="data split drawn (default: test)")
     p.add_argument("--samples", type=int, default=None, help="use a seeded random subset of this size")
     p.add_argument("--arch", default=None, help="architecture, for bare state_dicts without meta")
