@@ -391,3 +391,18 @@ def test_losses_run_on_cuda_and_agree_with_cpu(name):
     gpu = call(loss.to(dev), (f @ w.T).to(dev), y.to(dev), f.to(dev), w.to(dev))
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+def test_a_checkpoint_rebuilds_its_combined_criterion(tiny_checkpoint, digits_test):
+    path = tiny_checkpoint("mlp", loss="0.5*ce + 0.5*l-softmax(m=2, beta=5)", epochs=1, hidden=[16, 8],
+                           head_bias=False)
+    ck = ls.load_checkpoint(path, device="cpu")
+    assert isinstance(ck.criterion, L.Combined) and ck.criterion.needs_features
+    assert ck.criterion.parts[1].beta == 5
+    loss, acc = ck.evaluate(digits_test.subset(64, seed=0))
+    assert math.isfinite(loss) and 0 <= acc <= 1
+
+
+def test_directly_built_losses_have_a_spec_naming_their_registered_loss():
+    for loss in (L.Evolved("a2"), L.CrossEntropy(), L.MAMSoftmax(), L.LSoftmax(m=3)):
+        assert type(L.build(loss.spec)) is type(loss)

@@ -96,7 +96,7 @@ class Evolved(ElementwiseLoss):
         super().__init__(label_smoothing)
         if formula not in _FORMULAS:
             raise ValueError(f"unknown evolved formula {formula!r}; available: {', '.join(_FORMULAS)}")
-        self.formula, self._ops = formula, _Ops(float(eps))
+        self.formula, self._ops, self._spec = formula, _Ops(float(eps)), formula
 
     def elementwise(self, y, yh):
         return _FORMULAS[self.formula](self._ops, y, yh)
