@@ -34,15 +34,28 @@ SHORTCUT_BUDGET_BYTES = 1 << 30  # precomputed first-layer parts larger than thi
 
 
 class _FirstLayer:
-    """The first parametrised layer when it is a Linear/Conv2d fed directly by the data."""
+    """The first parametrised layer when it is a Linear/Conv2d fed directly by the data.
 
-    def __init__(self, module: nn.Module, name: str, inp: torch.Tensor):
-        self.module, self.name, self.inp = module, name, inp
+    ``bn`` is the eval-mode batchnorm that directly follows it, if any: an affine map per
+    channel, folded into the precomputed parts when its own parameters do not move.
+    """
+
+    def __init__(self, module: nn.Module, name: str, inp: torch.Tensor, bn: nn.Module | None = None,
+                 bn_name: str = ""):
+        self.module, self.name, self.inp, self.bn, self.bn_name = module, name, inp, bn, bn_name
 
     def apply(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if isinstance(self.module, nn.Conv2d):
             return self.module._conv_forward(self.inp, weight, bias)
         return F.linear(self.inp, weight, bias)
+
+    def bn_scale(self, like: torch.Tensor) -> torch.Tensor:
+        """``gamma / sqrt(running_var + eps)`` shaped to multiply a layer output like ``like``."""
+        bn = self.bn
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        return scale.reshape((1, -1) + (1,) * (like.dim() - 2))
 
 
 def find_first_layer(model: nn.Module, x: torch.Tensor) -> _FirstLayer | None:
@@ -50,12 +63,17 @@ def find_first_layer(model: nn.Module, x: torch.Tensor) -> _FirstLayer | None:
 
     The first module with parameters of its own that runs is accepted when it is an
     ``nn.Linear`` or ``nn.Conv2d``, runs exactly once, and its input holds the data itself
-    (same numbers, possibly reshaped): then its output is linear in its weights.
+    (same numbers, possibly reshaped): then its output is linear in its weights. When the
+    next parametrised module is an eval-mode batchnorm fed by exactly that output, it is
+    returned too (for folding).
     """
     calls: list[tuple[str, nn.Module, torch.Tensor]] = []
+    outputs: dict[nn.Module, torch.Tensor] = {}
     owners = {m: n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: calls.append((n, mod, args[0] if args else None)))
-             for m, n in owners.items()]
+    hooks = []
+    for m, n in owners.items():
+        hooks.append(m.register_forward_pre_hook(lambda mod, args, n=n: calls.append((n, mod, args[0] if args else None))))
+        hooks.append(m.register_forward_hook(lambda mod, args, out: outputs.setdefault(mod, out)))
     try:
         with torch.inference_mode():
             model(x)
@@ -69,7 +87,18 @@ def find_first_layer(model: nn.Module, x: torch.Tensor) -> _FirstLayer | None:
         return None
     if not isinstance(inp, torch.Tensor) or inp.numel() != x.numel() or not torch.equal(inp.reshape(-1), x.reshape(-1)):
         return None
-    return _FirstLayer(module, name, inp)
+    bn, bn_name = None, ""
+    if len(calls) > 1:
+        n2, m2, inp2 = calls[1]
+        foldable = (isinstance(m2, nn.modules.batchnorm._BatchNorm) and not m2.training
+                    and m2.running_var is not None and sum(1 for c in calls if c[1] is m2) == 1)
+        if foldable and inp2 is outputs.get(module):
+            bn, bn_name = m2, n2
+    return _FirstLayer(module, name, inp, bn, bn_name)
+
+
+def _identity(inp: torch.Tensor) -> torch.Tensor:
+    return inp
 
 
 class _Objective(nn.Module):
@@ -79,12 +108,10 @@ class _Objective(nn.Module):
         super().__init__()
         self.model, self.criterion, self.with_ce = model, criterion, with_ce
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         loss, logits = loss_and_logits(self.model, self.criterion, x, y)
-        parts = [loss, (logits.argmax(1) == y).sum().to(loss.dtype)]
-        if self.with_ce:
-            parts.append(F.cross_entropy(logits, y))
-        return torch.stack(parts)
+        correct = (logits.argmax(1) == y).sum()
+        return (loss, correct, F.cross_entropy(logits, y)) if self.with_ce else (loss, correct)
 
 
 class GridEvaluator:
@@ -127,8 +154,9 @@ class GridEvaluator:
         self.first = find_first_layer(model, x) if shortcut else None
         if self.first is not None and not self._fits_budget():
             self.first = None
-        skip = {f"{self.first.name}.{k}" if self.first.name else k for k, _ in self.first.module.named_parameters()} \
-            if self.first is not None else set()
+        if self.first is not None and self.first.bn is not None and self._moves(self.first.bn_name, self.first.bn, dvec):
+            self.first.bn = None  # a batchnorm that moves is no longer a fixed affine map: let it run
+        skip = self._shortcut_parameters()
         # Only parameters that move (non-zero direction) and are not inside the shortcut layer are rewritten.
         self.moving = [(name, p, p.detach().clone(), [d[name] for d in dvec]) for name, p in params.items()
                        if name not in skip and any(bool(d[name].any()) for d in dvec)]
@@ -136,6 +164,18 @@ class GridEvaluator:
         self.buffer = torch.empty_like(self.parts[0]) if self.parts is not None else None
 
     # -- setup -------------------------------------------------------------------------------
+    def _shortcut_parameters(self) -> set[str]:
+        """Names of the parameters whose effect the precomputed parts already contain."""
+        if self.first is None:
+            return set()
+        mods = [(self.first.name, self.first.module)] + ([(self.first.bn_name, self.first.bn)] if self.first.bn else [])
+        return {f"{name}.{k}" if name else k for name, mod in mods for k, _ in mod.named_parameters()}
+
+    @staticmethod
+    def _moves(prefix: str, module: nn.Module, dvec: list[dict[str, torch.Tensor]]) -> bool:
+        names = [f"{prefix}.{k}" if prefix else k for k, _ in module.named_parameters()]
+        return any(bool(d[n].any()) for d in dvec for n in names)
+
     def _fits_budget(self) -> bool:
         with torch.inference_mode():
             out = self.first.apply(self.first.module.weight, self.first.module.bias)
@@ -149,19 +189,27 @@ class GridEvaluator:
             for d in dvec:
                 bias = d.get(prefix + "bias") if mod.bias is not None else None
                 parts.append(self.first.apply(d[prefix + "weight"], bias))
+            if self.first.bn is not None:
+                # eval batchnorm is y = s * z + t per channel: BN(Z0 + a Z1 + b Z2) = BN(Z0) + a s Z1 + b s Z2
+                scale = self.first.bn_scale(parts[0])
+                parts = [self.first.bn(parts[0])] + [p * scale for p in parts[1:]]
         return parts
 
     @contextlib.contextmanager
     def _patched(self):
         """Swap the first layer's forward for the precomputed combination; restore weights and forward after."""
-        module = self.first.module if self.first is not None else None
-        own = module.__dict__.get("forward") if module is not None else None
-        if module is not None:
-            module.forward = self._first_layer_output
+        patches = []
+        if self.first is not None:
+            patches.append((self.first.module, self._first_layer_output))
+            if self.first.bn is not None:
+                patches.append((self.first.bn, _identity))  # folded into the parts
+        saved = [(m, m.__dict__.get("forward")) for m, _ in patches]
+        for module, fn in patches:
+            module.forward = fn
         try:
             yield
         finally:
-            if module is not None:
+            for module, own in saved:
                 if own is None:
                     del module.forward  # back to the class's method
                 else:
@@ -170,15 +218,9 @@ class GridEvaluator:
                 for _, p, base, _ in self.moving:
                     p.copy_(base)
 
-    def _scale(self, nb: int) -> torch.Tensor:
-        """Per-field weights of one batch: the means (losses) by the batch size, the correct count by 1."""
-        s = torch.full((len(self.fields),), float(nb), dtype=torch.float64, device=self.x.device)
-        s[1] = 1.0
-        return s
-
     # -- one point at a time (CPU) -------------------------------------------------------------
     def _first_layer_output(self, inp: torch.Tensor) -> torch.Tensor:
-        return self._combination[self._slice]
+        return self._combination if self._slice is None else self._combination[self._slice]
 
     def _place(self, c: np.ndarray) -> None:
         for _, p, base, ds in self.moving:
@@ -191,28 +233,33 @@ class GridEvaluator:
                 self.buffer.add_(part, alpha=float(ci))
             self._combination = self.buffer
 
-    def _one(self, c: np.ndarray) -> torch.Tensor:
-        self._place(c)
+    def _batches(self, objective) -> tuple[torch.Tensor, ...]:
+        """``(mean loss, correct count[, mean ce])`` over the data, one batch or several."""
         n = len(self.y)
-        if self.batch_size >= n:  # one batch: no reweighting, so (0, 0) reproduces a plain evaluation exactly
-            self._slice = slice(0, n)
-            out = self.objective(self.x, self.y).double()
-            return out / torch.tensor([1.0 if k != 1 else n for k in range(len(self.fields))], dtype=out.dtype,
-                                      device=out.device)
-        total = 0.0
+        if self.batch_size >= n:  # one batch: the criterion's own mean, so (0, 0) reproduces a plain evaluation
+            self._slice = None
+            return objective(self.x, self.y)
+        sums = None
         for start in range(0, n, self.batch_size):
             self._slice = slice(start, start + self.batch_size)
+            out = objective(self.x[self._slice], self.y[self._slice])
             nb = len(self.y[self._slice])
-            total = total + self.objective(self.x[self._slice], self.y[self._slice]).double() * self._scale(nb)
-        return total / n
+            # the losses are batch means: weight them by the batch size; the correct count adds up as it is
+            out = [v.double() * (1 if k == 1 else nb) for k, v in enumerate(out)]
+            sums = out if sums is None else [a + b for a, b in zip(sums, out)]
+        return tuple(v if k == 1 else v / n for k, v in enumerate(sums))
+
+    def _one(self, c: np.ndarray) -> tuple[torch.Tensor, ...]:
+        self._place(c)
+        return self._batches(self.objective)
 
     # -- several points per launch (CUDA) ------------------------------------------------------
-    def _vmapped(self, coords: torch.Tensor) -> torch.Tensor:
+    def _vmapped(self, coords: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from torch.func import functional_call, vmap
 
         moving = {"model." + name: (base, ds) for name, _, base, ds in self.moving}
 
-        def at(c: torch.Tensor) -> torch.Tensor:
+        def at(c: torch.Tensor) -> tuple[torch.Tensor, ...]:
             params = {}
             for name, (base, ds) in moving.items():
                 w = base + c[0] * ds[0]
@@ -224,13 +271,7 @@ class GridEvaluator:
                 for part, ci in zip(self.parts[2:], c[1:]):
                     comb = comb + ci * part
                 self._combination = comb
-            out = []
-            for start in range(0, len(self.y), self.batch_size):
-                self._slice = slice(start, start + self.batch_size)
-                xb, yb = self.x[self._slice], self.y[self._slice]
-                r = functional_call(self.objective, params, (xb, yb), strict=False)
-                out.append(r.double() * self._scale(len(yb)))
-            return torch.stack(out).sum(0) / len(self.y)
+            return self._batches(lambda xb, yb: functional_call(self.objective, params, (xb, yb), strict=False))
 
         return vmap(at)(coords)
 
@@ -241,16 +282,21 @@ class GridEvaluator:
         Points where the loss diverges give inf/NaN, never an exception.
         """
         coords = np.atleast_2d(np.asarray(coords, dtype=np.float64))
-        results = []
+        columns: list[list[torch.Tensor]] = [[] for _ in self.fields]
         with torch.inference_mode(), self._patched():
             if self.ppb > 1:
                 ct = torch.as_tensor(coords, dtype=self.x.dtype, device=self.x.device)
                 for start in range(0, len(coords), self.ppb):
-                    results.append(self._vmapped(ct[start:start + self.ppb]))
+                    for col, v in zip(columns, self._vmapped(ct[start:start + self.ppb])):
+                        col.append(v.double())
             else:
-                results = [self._one(c)[None] for c in coords]
-        values = torch.cat(results).double().cpu().numpy()
-        return {name: values[:, k] for k, name in enumerate(self.fields)}
+                # per point only 0-d tensors are kept; they are stacked once per call (no sync per point on a GPU)
+                for c in coords:
+                    for col, v in zip(columns, self._one(c)):
+                        col.append(v.double()[None])
+            values = [torch.cat(col).cpu().numpy() for col in columns]
+        values[1] = values[1] / len(self.y)  # correct counts -> accuracy
+        return dict(zip(self.fields, values))
 
 
 def evaluate_points(model: nn.Module, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor, dirs: Directions,
