@@ -178,3 +178,44 @@ def test_bad_arguments_raise_landscape_errors(mlp, small):
         surface(mlp, small, x=("a", 1, 3))
     with pytest.raises(ArgumentError):
         Directions(np.zeros((1, 3)), ["a"], [[2]])
+
+
+def test_moving_biases_and_batchnorm_are_not_folded_and_still_exact(mlp, small):
+    dirs = ls.random_directions(mlp.model, n=2, seed=6, ignore=None)
+    x, y = mlp.prepare(small)
+    ev = GridEvaluator(mlp.model, mlp.criterion, x, y, dirs)
+    assert ev.first is not None and ev.first.bn is None  # the batchnorm moves: it must run
+    got = ev(np.array([[0.3, 0.2]]))
+    assert got["loss"][0] == pytest.approx(reference(mlp, small, dirs, [0.3, 0.2])[0], rel=2e-5)
+
+
+def test_batchnorm_after_the_first_layer_is_folded(cnn, small):
+    x, y = cnn.prepare(small)
+    ev = GridEvaluator(cnn.model, cnn.criterion, x, y, ls.random_directions(cnn.model, n=2, seed=0))
+    assert ev.first.name == "body.conv1" and ev.first.bn_name == "body.bn1"
+    assert not any(name.startswith(("body.conv1.", "body.bn1.")) for name, *_ in ev.moving)
+
+
+def test_trajectory_surface_and_plot(zoo_path, small):
+    import viz
+
+    snaps = sorted((zoo_path("mlp-ce").parent / "snapshots" / "mlp-ce").glob("epoch*.safetensors"))[-6:]
+    dirs = ls.trajectory_directions(snaps, n=2)
+    ck = ls.load_checkpoint(snaps[-1], device="cpu")
+    lo, hi = dirs.coords.min(0), dirs.coords.max(0)
+    surf = surface(ck, small, dirs, x=(lo[0], hi[0], 3), y=(lo[1], hi[1], 3))
+    plot = viz.trajectory(surf, dirs.coords)
+    np.testing.assert_array_equal(plot.values["path"], dirs.coords)
+    assert surf.meta["directions"]["meta"]["kind"] == "pca"
+
+
+@pytest.mark.gpu
+def test_cuda_points_per_launch_match_the_cpu_loop(zoo_path, small):
+    cpu = ls.load_checkpoint(zoo_path("cnn-ce"), device="cpu")
+    gpu = ls.load_checkpoint(zoo_path("cnn-ce"), device="cuda")
+    dirs = ls.random_directions(cpu.model, n=2, seed=0)
+    kwargs = dict(x=(-1, 1, 5), y=(-1, 1, 4), progress=False)
+    a = surface(cpu, small, dirs, **kwargs)
+    b = surface(gpu, small, dirs, **kwargs)  # 16 points per launch with vmap
+    np.testing.assert_allclose(b.loss, a.loss, rtol=1e-4)
+    np.testing.assert_allclose(b.accuracy, a.accuracy, atol=1.0 / len(small) + 1e-12)
