@@ -170,6 +170,12 @@ def test_cli_writes_the_surface_and_its_figures(zoo_path, tmp_path, capsys):
     assert surf.loss.shape == (3, 4) and surf.y[0] == -0.5
     for name in ("contour.png", "contourf.png", "surface3d.html", "contour.json"):
         assert (tmp_path / name).exists(), name
+    again = tmp_path / "again"
+    assert main(["surface", str(zoo_path("mlp-ce")), "--grid", "4x3", "--range", "-1", "1", "-0.5", "0.5",
+                 "--samples", "40", "--dirs", str(tmp_path / "surface.npz"), "--seed", "5",
+                 "--out", str(again), "--quiet", "--no-plots"]) == 0
+    # the saved directions are reused (the seed now only picks the data subset)
+    np.testing.assert_array_equal(Surface.load(again / "surface.npz").directions, surf.directions)
     code = main(["surface", str(zoo_path("mlp-ce")), "--line", "--grid", "5", "--samples", "40",
                  "--out", str(tmp_path), "--quiet", "--no-plots"])
     assert code == 0 and len(Curve.load(tmp_path / "line.npz").t) == 5
