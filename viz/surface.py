@@ -100,7 +100,9 @@ def draw_contour(ax, surf, levels=None, *, field: str = "loss", log: bool = Fals
     Returns
     -------
     dict
-        ``x``, ``y``, ``field``, ``levels``, ``centre`` and the masked array under the field's name.
+        ``x``, ``y``, ``field``, ``levels``, ``centre`` and the masked array under the field's name
+        (the values to put in a :class:`Plot`), plus ``"_artist"``, the matplotlib contour set
+        (for a colour bar; keys starting with ``_`` are not plotted values).
     """
     z = masked(_field(surf, field), log)
     levels = levels_for([z], n_levels, log) if levels is None else np.asarray(levels, dtype=np.float64)
