@@ -36,6 +36,15 @@ def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(norms, eps)
 
 
+def has_direction(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Boolean mask of the rows with a direction (L2 norm above ``eps``).
+
+    A ReLU feature layer can output the zero vector for some samples; these have no angle to
+    anything, so the angular statistics leave them out and count them instead.
+    """
+    return np.linalg.norm(np.asarray(x, dtype=np.float64), axis=1) > eps
+
+
 def angle_between(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Angle in degrees between unit vectors along the last axis (broadcasting).
 
@@ -85,6 +94,10 @@ def angular_stats(feat: Features, max_silhouette: int = 5000, seed: int = 0) -> 
       ``max_silhouette`` points when there are more, as it costs O(N^2).
     * ``accuracy``: fraction of predictions equal to the labels.
 
+    Samples whose feature vector is zero (all ReLU units off) have no direction: they are
+    left out of every angular statistic and the silhouette, and counted in ``n_zero``; a class
+    whose samples are all zero has no centre and is listed in ``collapsed`` instead of ``labels``.
+
     Parameters
     ----------
     feat : Features
@@ -97,22 +110,26 @@ def angular_stats(feat: Features, max_silhouette: int = 5000, seed: int = 0) -> 
     Returns
     -------
     dict
-        Scalars ``accuracy, compactness, separation, ratio, silhouette, n, dim`` and per-class
-        lists ``labels, class_names, class_compactness, class_separation`` and
-        ``center_angles`` (C x C, degrees).
+        Scalars ``accuracy, compactness, separation, ratio, silhouette, n, n_zero, dim``;
+        per-class lists, aligned with ``labels`` (classes with a centre): ``class_names,
+        class_compactness, class_separation`` and ``center_angles`` (C x C, degrees);
+        ``collapsed``: labels of classes with only zero features.
 
     Raises
     ------
     ArgumentError
-        With fewer than two classes present (no separation is defined).
+        With fewer than two classes with a direction (no separation is defined).
     """
     from sklearn.metrics import silhouette_score
 
     x, y = np.asarray(feat.x), np.asarray(feat.y)
+    keep = has_direction(x)
+    x, y = x[keep], y[keep]
     labels = np.unique(y)
     if len(labels) < 2:
-        raise ArgumentError(f"angular statistics need at least two classes, but {feat.name!r} has labels "
-                            f"{labels.tolist()}; use more samples.")
+        raise ArgumentError(f"angular statistics need at least two classes with non-zero features, but "
+                            f"{feat.name!r} has {labels.tolist()} ({int((~keep).sum())} zero feature vectors); "
+                            "use more samples.")
     u = normalize_rows(x)
     centers = class_centers(u, y, labels)
     compact = np.array([angle_between(u[y == k], c).mean() for k, c in zip(labels, centers)])
@@ -120,12 +137,15 @@ def angular_stats(feat: Features, max_silhouette: int = 5000, seed: int = 0) -> 
     off = between + np.diag(np.full(len(labels), np.inf))
     sample = None if len(y) <= max_silhouette else int(max_silhouette)
     silhouette = float(silhouette_score(x, y, metric="cosine", sample_size=sample, random_state=seed))
+    with np.errstate(divide="ignore"):  # two coinciding centres: the ratio is honestly infinite
+        ratio = float(np.divide(compact.mean(), off.min()))
     names = [feat.classes[k] if k < len(feat.classes) else str(k) for k in labels]
     return {"accuracy": feat.accuracy, "compactness": float(compact.mean()), "separation": float(off.min()),
-            "ratio": float(compact.mean() / off.min()), "silhouette": silhouette,
-            "n": int(len(y)), "dim": int(x.shape[1]),
-            "labels": labels.tolist(), "class_names": names, "class_compactness": compact.tolist(),
-            "class_separation": off.min(axis=1).tolist(), "center_angles": between.tolist()}
+            "ratio": ratio, "silhouette": silhouette, "n": int(len(keep)), "n_zero": int((~keep).sum()),
+            "dim": int(x.shape[1]), "labels": labels.tolist(), "class_names": names,
+            "class_compactness": compact.tolist(), "class_separation": off.min(axis=1).tolist(),
+            "center_angles": between.tolist(),
+            "collapsed": sorted(set(np.asarray(feat.y).tolist()) - set(labels.tolist()))}
 
 
 @dataclasses.dataclass
@@ -187,7 +207,7 @@ class Sphere(Result):
     Attributes
     ----------
     points : np.ndarray
-        ``(N, dim)`` unit vectors (an all-zero feature stays at the origin).
+        ``(N, dim)`` unit vectors; a zero feature vector (no direction) stays at the origin.
     y, pred : np.ndarray
         Labels and predictions ``(N,)``.
     centers : np.ndarray
@@ -246,7 +266,8 @@ def hypersphere(feat: Features, dim: int | None = None, projection: str = "auto"
     L2-normalised in the full space (so every sample counts by its direction only), projected
     to ``dim`` dimensions by centred PCA (label-free) or LDA (uses the labels; spreads the
     classes apart), and L2-normalised again. The projection is named on the figure; the
-    statistics in ``Sphere.stats`` are always those of the full feature space.
+    statistics in ``Sphere.stats`` are always those of the full feature space. Zero feature
+    vectors have no direction: they are drawn at the centre and left out of the projection fit.
 
     Parameters
     ----------
@@ -280,13 +301,16 @@ def hypersphere(feat: Features, dim: int | None = None, projection: str = "auto"
     if projection == "none" and d != dim:
         raise ArgumentError(f"features of {feat.name!r} have {d} dimensions, so they cannot be drawn in {dim} "
                             "without a projection; use projection='pca' or 'lda'.")
+    stats = angular_stats(feat, max_silhouette=max_silhouette, seed=seed)
+    keep = has_direction(feat.x)
     u = normalize_rows(feat.x)
     extra: dict = {}
     if projection != "none":
-        u, extra = _project(u, feat.y, dim, projection)
+        # fitted on the samples with a direction; zero features stay at the origin
+        u = np.zeros((len(u), dim))
+        u[keep], extra = _project(normalize_rows(feat.x[keep]), feat.y[keep], dim, projection)
     points = normalize_rows(u)
-    stats = angular_stats(feat, max_silhouette=max_silhouette, seed=seed)
-    centers = class_centers(points, feat.y, np.asarray(stats["labels"]))
+    centers = class_centers(points[keep], feat.y[keep], np.asarray(stats["labels"]))
     meta = {**feat.meta, "dim": dim, "feature_dim": d, **extra}
     return Sphere(points=points.astype(np.float32), y=feat.y, pred=feat.pred, centers=centers,
                   classes=list(feat.classes), projection=projection, stats=stats, meta=meta)
@@ -461,4 +485,4 @@ def tsne(feat: Features, seed: int = 0, perplexity: float = 30.0, n_jobs: int = 
 
 
 __all__ = ["Embedding", "Sphere", "StatsTable", "angular_stats", "by_name", "compare_stats", "hypersphere", "tsne",
-           "normalize_rows", "angle_between", "class_centers"]
+           "normalize_rows", "has_direction", "angle_between", "class_centers"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import landscape as ls
-from landscape.embedding import angle_between, by_name, compare_stats, normalize_rows
+from landscape.embedding import angle_between, by_name, compare_stats, has_direction, normalize_rows
 from landscape.errors import ArgumentError
 
 # three classes on the circle: centre angle and the half-spread of its two symmetric samples
@@ -225,10 +225,37 @@ def test_three_dimensional_features_are_shown_as_they_are(tiny_checkpoint, digit
     assert feat.dim == 3 and sph.dim == 3 and sph.projection == "none"
     np.testing.assert_allclose(sph.points, normalize_rows(feat.x), atol=1e-6)
     # with no projection the drawn centres are the full-space centres of the statistics
-    u = normalize_rows(feat.x)
-    for k, c in zip(sph.stats["labels"], sph.centers):
-        np.testing.assert_allclose(angle_between(u[feat.y == k], c).mean(),
-                                   sph.stats["class_compactness"][k], atol=1e-9)
+    u, keep = normalize_rows(feat.x), has_direction(feat.x)
+    assert sph.stats["n_zero"] == int((~keep).sum())
+    np.testing.assert_array_equal(sph.points[~keep], 0.0)
+    for i, (k, c) in enumerate(zip(sph.stats["labels"], sph.centers)):
+        np.testing.assert_allclose(angle_between(u[keep & (feat.y == k)], c).mean(),
+                                   sph.stats["class_compactness"][i], atol=1e-9)
+
+
+def test_zero_feature_vectors_are_left_out_and_counted():
+    base = _circle_features()
+    zeros = ls.Features(x=np.vstack([base.x, np.zeros((3, 2))]), y=np.r_[base.y, 0, 1, 2],
+                        pred=np.r_[base.pred, 0, 1, 2], classes=base.classes)
+    st, ref = ls.angular_stats(zeros), ls.angular_stats(base)
+    assert st["n_zero"] == 3 and st["n"] == 9 and st["collapsed"] == []
+    for key in ("compactness", "separation", "ratio", "silhouette"):
+        assert st[key] == pytest.approx(ref[key], abs=1e-12)
+    # a class whose features are all zero has no centre: it is reported, not measured
+    gone = ls.Features(x=np.where((base.y == 2)[:, None], 0.0, base.x), y=base.y, pred=base.pred,
+                       classes=base.classes)
+    st = ls.angular_stats(gone)
+    assert st["labels"] == [0, 1] and st["collapsed"] == [2] and st["separation"] == pytest.approx(90.0)
+    sph = ls.hypersphere(_embed(gone, 5), dim=2, projection="pca")
+    np.testing.assert_array_equal(sph.points[gone.y == 2], 0.0)
+    np.testing.assert_allclose(np.linalg.norm(sph.points[gone.y != 2], axis=1), 1.0, atol=1e-6)
+
+
+def test_coinciding_centres_give_an_infinite_ratio():
+    x = np.array([[1.0, 0.1], [1.0, -0.1], [1.0, 0.2], [1.0, -0.2]])
+    y = np.array([0, 0, 1, 1])
+    st = ls.angular_stats(ls.Features(x=x, y=y, pred=y, classes=["a", "b"]))
+    assert st["separation"] == 0.0 and st["ratio"] == np.inf
 
 
 def test_by_name_keeps_repeated_names():

@@ -152,6 +152,8 @@ def _sph_caption(sph: Sphere) -> str:
     shape = "circle" if sph.dim == 2 else "sphere"
     how = ("as they are" if sph.projection == "none" else
            f"L2-normalised, projected by {sph.projection.upper()} to {sph.dim} dimensions and normalised again")
+    if st.get("n_zero"):
+        how += f"; {st['n_zero']} zero feature vectors (no direction) drawn at the centre"
     return (f"{_source(sph.meta)} ({len(sph.y)} points) on the unit {shape}, {how}; lines: class-centre "
             f"directions. Statistics in the full {st.get('dim')}-d space: compactness {st['compactness']:.2f} deg, "
             f"separation {st['separation']:.2f} deg, ratio {st['ratio']:.3f}, cosine silhouette "
