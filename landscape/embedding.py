@@ -25,7 +25,7 @@ from .features import Features
 from .results import Result
 
 PROJECTIONS = ("auto", "pca", "lda", "none")
-STAT_COLUMNS = ("accuracy", "compactness", "separation", "ratio", "silhouette")
+STAT_COLUMNS = ("accuracy", "compactness", "separation", "ratio", "silhouette", "zero_fraction")
 
 
 # -- geometry helpers ----------------------------------------------------------------------
@@ -95,7 +95,8 @@ def angular_stats(feat: Features, max_silhouette: int = 5000, seed: int = 0) -> 
     * ``accuracy``: fraction of predictions equal to the labels.
 
     Samples whose feature vector is zero (all ReLU units off) have no direction: they are
-    left out of every angular statistic and the silhouette, and counted in ``n_zero``; a class
+    left out of every angular statistic and the silhouette, and counted in ``n_zero`` (and
+    ``zero_fraction``, shown in tables, as the other numbers describe only the remaining samples); a class
     whose samples are all zero has no centre and is listed in ``collapsed`` instead of ``labels``.
 
     Parameters
@@ -110,7 +111,8 @@ def angular_stats(feat: Features, max_silhouette: int = 5000, seed: int = 0) -> 
     Returns
     -------
     dict
-        Scalars ``accuracy, compactness, separation, ratio, silhouette, n, n_zero, dim``;
+        Scalars ``accuracy, compactness, separation, ratio, silhouette, zero_fraction, n, n_zero,
+        dim``;
         per-class lists, aligned with ``labels`` (classes with a centre): ``class_names,
         class_compactness, class_separation`` and ``center_angles`` (C x C, degrees);
         ``collapsed``: labels of classes with only zero features.
@@ -141,7 +143,8 @@ def angular_stats(feat: Features, max_silhouette: int = 5000, seed: int = 0) -> 
         ratio = float(np.divide(compact.mean(), off.min()))
     names = [feat.classes[k] if k < len(feat.classes) else str(k) for k in labels]
     return {"accuracy": feat.accuracy, "compactness": float(compact.mean()), "separation": float(off.min()),
-            "ratio": ratio, "silhouette": silhouette, "n": int(len(keep)), "n_zero": int((~keep).sum()),
+            "ratio": ratio, "silhouette": silhouette, "zero_fraction": float(np.mean(~keep)),
+            "n": int(len(keep)), "n_zero": int((~keep).sum()),
             "dim": int(x.shape[1]), "labels": labels.tolist(), "class_names": names,
             "class_compactness": compact.tolist(), "class_separation": off.min(axis=1).tolist(),
             "center_angles": between.tolist(),

@@ -25,7 +25,7 @@ from landscape.errors import ArgumentError
 from .figure import Plot
 
 STAT_LABELS = {"accuracy": "accuracy", "compactness": "compactness (deg)", "separation": "separation (deg)",
-               "ratio": "ratio", "silhouette": "cosine silhouette"}
+               "ratio": "ratio", "silhouette": "cosine silhouette", "zero_fraction": "zero features"}
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -301,7 +301,7 @@ def _table_rows(source) -> dict[str, dict]:
 
 def _cells(rows: dict[str, dict]) -> list[list[str]]:
     fmt = {"accuracy": "{:.3f}", "compactness": "{:.2f}", "separation": "{:.2f}", "ratio": "{:.3f}",
-           "silhouette": "{:.3f}"}
+           "silhouette": "{:.3f}", "zero_fraction": "{:.1%}"}
     return [[name] + [fmt[c].format(r[c]) for c in STAT_COLUMNS] for name, r in rows.items()]
 
 
@@ -325,7 +325,8 @@ def _plotly_table(rows: dict[str, dict]):
 _TABLE_CAPTION = ("Angular statistics in the full feature space (degrees): compactness = mean angle of samples to "
                   "their class centre (normalised mean of the class's unit features), averaged over classes; "
                   "separation = smallest angle between class centres; ratio = compactness / separation; cosine "
-                  "silhouette from scikit-learn.")
+                  "silhouette from scikit-learn; zero features = fraction of samples whose feature vector is zero "
+                  "(no direction; left out of the other statistics).")
 
 
 def stats_table(source: StatsTable | Mapping[str, Sphere] | Sequence[Sphere], interactive: bool = False) -> Plot:
