@@ -62,7 +62,7 @@ def parse_grid(text: str, line: bool) -> tuple[int, int]:
 
 
 def parse_range(values: list[float], line: bool) -> tuple[tuple[float, float], tuple[float, float]]:
-    if len(values) == 2 or (line and len(values) == 2):
+    if len(values) == 2:
         return (values[0], values[1]), (values[0], values[1])
     if len(values) == 4 and not line:
         return (values[0], values[1]), (values[2], values[3])
