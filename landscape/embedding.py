@@ -95,9 +95,10 @@ def angular_stats(feat: Features, max_silhouette: int = 5000, seed: int = 0) -> 
     * ``accuracy``: fraction of predictions equal to the labels.
 
     Samples whose feature vector is zero (all ReLU units off) have no direction: they are
-    left out of every angular statistic and the silhouette, and counted in ``n_zero`` (and
-    ``zero_fraction``, shown in tables, as the other numbers describe only the remaining samples); a class
-    whose samples are all zero has no centre and is listed in ``collapsed`` instead of ``labels``.
+    left out of every angular statistic and the silhouette, and counted in ``n_zero`` and
+    ``zero_fraction`` (shown in tables, as the other numbers describe only the remaining
+    samples); a class whose samples are all zero has no centre and is listed in ``collapsed``
+    instead of ``labels``.
 
     Parameters
     ----------
