@@ -155,16 +155,20 @@ def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarra
     """Run the grid engine over ``points`` and return ``{field: (P,)}``."""
     crit, crit_name = _criterion(ck, criterion)
     x, y = ck.prepare(data)
-    ev = GridEvaluator(ck.model, crit, x, y, dirs, with_ce=with_ce, batch_size=batch_size,
-                       shortcut=shortcut, points_per_batch=points_per_batch)
-    fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": _digest(data.y),
-                   "directions": _digest(dirs.vectors), "points": _digest(points), "criterion": crit_name,
-                   "fields": list(ev.fields), "batch_size": batch_size}
-    fields_meta.update(criterion=crit_name)
-    values = grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
-                           fingerprint=fingerprint, resume=_checked_resume(out, resume), chunk_size=chunk_size,
-                           progress=progress, desc=desc)
-    return values
+    was_training = ck.model.training
+    ck.model.eval()  # a surface is always of the model in eval mode (dropout off, batchnorm running statistics)
+    try:
+        ev = GridEvaluator(ck.model, crit, x, y, dirs, with_ce=with_ce, batch_size=batch_size,
+                           shortcut=shortcut, points_per_batch=points_per_batch)
+        fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": _digest(data.y),
+                       "directions": _digest(dirs.vectors), "points": _digest(points), "criterion": crit_name,
+                       "fields": list(ev.fields), "batch_size": batch_size}
+        fields_meta.update(criterion=crit_name)
+        return grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
+                             fingerprint=fingerprint, resume=_checked_resume(out, resume), chunk_size=chunk_size,
+                             progress=progress, desc=desc)
+    finally:
+        ck.model.train(was_training)
 
 
 def _checked_resume(out: Path | None, resume: bool) -> bool:

@@ -219,3 +219,12 @@ def test_cuda_points_per_launch_match_the_cpu_loop(zoo_path, small):
     b = surface(gpu, small, dirs, **kwargs)  # 16 points per launch with vmap
     np.testing.assert_allclose(b.loss, a.loss, rtol=1e-4)
     np.testing.assert_allclose(b.accuracy, a.accuracy, atol=1.0 / len(small) + 1e-12)
+
+
+def test_a_model_left_in_training_mode_is_evaluated_in_eval_mode(zoo_path, small):
+    ck = ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
+    ck.model.train()
+    surf = surface(ck, small, x=[0.0], y=[0.0])
+    assert ck.model.training  # the caller's mode is restored
+    ck.model.eval()
+    assert surf.loss[0, 0] == pytest.approx(ck.evaluate(small)[0], rel=1e-7)
