@@ -311,6 +311,7 @@ def _mpl_table(ax, rows: dict[str, dict]) -> None:
                      loc="center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(8)
+    table.auto_set_column_width(list(range(len(STAT_COLUMNS) + 1)))
     table.scale(1.0, 1.3)
 
 
