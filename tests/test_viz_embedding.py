@@ -64,10 +64,15 @@ def test_viz_embedding_is_callable_although_it_is_a_module():
 def test_embedding_grid_has_one_panel_per_checkpoint(tmp_path):
     plot = embedding_grid({"softmax": _embedding(0), "mam": _embedding(1)})
     assert [ax.get_title().splitlines()[0] for ax in plot.fig.axes] == ["softmax", "mam"]
-    assert set(plot.values) == {"softmax", "mam"}
+    assert set(plot.values["panels"]) == {"softmax", "mam"} and plot.values["table"] is None
     written = plot.save(tmp_path / "grid")
-    assert json.loads(written[1].read_text())["values"]["mam"]["knn_accuracy"] == 0.87
+    assert json.loads(written[1].read_text())["values"]["panels"]["mam"]["knn_accuracy"] == 0.87
     plot.close()
+    table = compare_stats({"softmax": _features(8, 0), "mam": _features(8, 1)})
+    with_table = embedding_grid({"softmax": _embedding(0), "mam": _embedding(1)}, table=table)
+    assert sum(len(ax.tables) for ax in with_table.fig.axes) == 1
+    assert with_table.values["table"]["mam"]["ratio"] == table.rows["mam"]["ratio"]
+    with_table.close()
 
 
 def test_circle_draws_unit_points_and_centre_directions():

@@ -116,28 +116,39 @@ def embedding(emb: Embedding, title: str | None = None, point_size: float = 10.0
     return Plot(fig, _emb_values(emb), _emb_caption(emb), kind="embedding")
 
 
-def embedding_grid(embs: Mapping[str, Embedding] | Sequence[Embedding], point_size: float = 8.0) -> Plot:
+def embedding_grid(embs: Mapping[str, Embedding] | Sequence[Embedding], table: StatsTable | None = None,
+                   point_size: float = 8.0) -> Plot:
     """t-SNE maps of several checkpoints side by side (e.g. softmax beside MAM-SoftMax, Fig. 4.6).
 
     Parameters
     ----------
     embs : mapping of name to Embedding, or sequence of Embedding
         Panels, left to right; a sequence is titled by checkpoint names.
+    table : landscape.embedding.StatsTable, optional
+        Angular statistics drawn under the maps (from :func:`landscape.embedding.compare_stats`).
     point_size : float
 
     Returns
     -------
     Plot
-        ``values`` maps each panel name to that map's values (as in :func:`embedding`).
+        ``values``: ``{"panels": {name: map values as in embedding()}, "table": {name: stats} or None}``.
     """
     import matplotlib.pyplot as plt
 
     embs = _as_dict(embs, Embedding)
-    fig, axes = plt.subplots(1, len(embs), figsize=(3.6 * len(embs) + 1.0, 3.8), squeeze=False)
-    for i, (ax, (name, emb)) in enumerate(zip(axes[0], embs.items())):
-        _draw_embedding(ax, emb, name, point_size, legend=i == len(embs) - 1)
+    n = len(embs)
+    rows = _table_rows(table) if table is not None else None
+    fig = plt.figure(figsize=(3.6 * n + 1.0, 3.8 + (0.5 + 0.3 * len(rows) if rows else 0)))
+    grid = fig.add_gridspec(2 if rows else 1, n, height_ratios=[3.8, 0.5 + 0.3 * len(rows)] if rows else None)
+    for i, (name, emb) in enumerate(embs.items()):
+        _draw_embedding(fig.add_subplot(grid[0, i]), emb, name, point_size, legend=i == n - 1)
+    if rows:
+        _mpl_table(fig.add_subplot(grid[1, :]), rows)
     caption = " | ".join(f"{name}: {_emb_caption(e)}" for name, e in embs.items())
-    return Plot(fig, {name: _emb_values(e) for name, e in embs.items()}, caption, kind="embedding_grid")
+    if rows:
+        caption += " | " + _TABLE_CAPTION
+    values = {"panels": {name: _emb_values(e) for name, e in embs.items()}, "table": rows}
+    return Plot(fig, values, caption, kind="embedding_grid")
 
 
 # -- hypersphere ---------------------------------------------------------------------------

@@ -82,28 +82,19 @@ def run(args) -> int:
     out = Path(args.out)
     cks = by_name([ls.load_checkpoint(path, device=args.device, arch=args.arch) for path in args.checkpoints])
     feats = {name: _features(args, ck, args.split) for name, ck in cks.items()}
-    written: list[Path] = []
-    if args.method in ("tsne", "both"):
-        embs = {}
-        for name, ck in cks.items():
-            if args.map_split and args.map_split != args.split:
-                ref = ls.tsne(_features(args, ck, args.map_split), seed=args.seed, perplexity=args.perplexity,
-                              n_jobs=args.n_jobs)
-                embs[name] = ref.transform(feats[name])
-            else:
-                embs[name] = ls.tsne(feats[name], seed=args.seed, perplexity=args.perplexity, n_jobs=args.n_jobs)
-            written.append(embs[name].save(out / f"{name}-tsne.npz"))
-            _say(args, f"{name}: t-SNE trustworthiness {embs[name].trustworthiness:.3f}, "
-                       f"kNN accuracy {embs[name].knn_accuracy:.3f}")
-        written += _draw_tsne(args, embs, out)
-    if args.method in ("sphere", "both"):
-        spheres = {name: ls.hypersphere(f, dim=args.dim, projection=args.projection, seed=args.seed)
-                   for name, f in feats.items()}
-        for name, sph in spheres.items():
-            written.append(sph.save(out / f"{name}-sphere.npz"))
-        written += _draw_spheres(args, spheres, out)
     table = compare_stats(feats, seed=args.seed)
-    written.append(table.save(out / "stats.npz"))
+    written = _write_table(args, table, out)
+    if args.method in ("tsne", "both"):
+        written += _run_tsne(args, cks, feats, table, out)
+    if args.method in ("sphere", "both"):
+        written += _run_sphere(args, feats, out)
+    _say(args, table.to_markdown())
+    _say(args, f"wrote {len(written)} files to {out}")
+    return 0
+
+
+def _write_table(args, table, out: Path) -> list[Path]:
+    written = [table.save(out / "stats.npz")]
     with atomic_path(out / "stats.md") as tmp:
         tmp.write_text(table.to_markdown() + "\n")
     written.append(out / "stats.md")
@@ -111,9 +102,50 @@ def run(args) -> int:
         from viz.embedding import stats_table
 
         written += _save(stats_table(table), out / "stats-table")
-    _say(args, table.to_markdown())
-    _say(args, f"wrote {len(written)} files to {out}")
-    return 0
+    return written
+
+
+def _run_tsne(args, cks: dict, feats: dict, table, out: Path) -> list[Path]:
+    """One map per checkpoint (fitted on --map-split when given, the drawn points placed onto it)."""
+    import landscape as ls
+
+    embs, written = {}, []
+    for name, ck in cks.items():
+        options = dict(seed=args.seed, perplexity=args.perplexity, n_jobs=args.n_jobs)
+        if args.map_split and args.map_split != args.split:
+            embs[name] = ls.tsne(_features(args, ck, args.map_split), **options).transform(feats[name])
+        else:
+            embs[name] = ls.tsne(feats[name], **options)
+        written.append(embs[name].save(out / f"{name}-tsne.npz"))
+        _say(args, f"{name}: t-SNE trustworthiness {embs[name].trustworthiness:.3f}, "
+                   f"kNN accuracy {embs[name].knn_accuracy:.3f}")
+    if args.no_plots:
+        return written
+    from viz.embedding import embedding, embedding_grid
+
+    for name, emb in embs.items():
+        written += _save(embedding(emb, title=name), out / f"{name}-tsne")
+    if len(embs) > 1:
+        written += _save(embedding_grid(embs, table=table), out / "tsne-grid")
+    return written
+
+
+def _run_sphere(args, feats: dict, out: Path) -> list[Path]:
+    import landscape as ls
+
+    spheres = {name: ls.hypersphere(f, dim=args.dim, projection=args.projection, seed=args.seed)
+               for name, f in feats.items()}
+    written = [sph.save(out / f"{name}-sphere.npz") for name, sph in spheres.items()]
+    if args.no_plots:
+        return written
+    from viz.embedding import hypersphere, hypersphere_grid
+
+    interactive = False if args.static else None
+    for name, sph in spheres.items():
+        written += _save(hypersphere(sph, interactive=interactive, title=name), out / f"{name}-sphere")
+    if len(spheres) > 1:
+        written += _save(hypersphere_grid(spheres, interactive=interactive), out / "sphere-grid")
+    return written
 
 
 def _save(plot, stem: Path) -> list[Path]:
@@ -121,30 +153,3 @@ def _save(plot, stem: Path) -> list[Path]:
         return plot.save(stem)
     finally:
         plot.close()
-
-
-def _draw_tsne(args, embs: dict, out: Path) -> list[Path]:
-    if args.no_plots:
-        return []
-    from viz.embedding import embedding, embedding_grid
-
-    written = []
-    for name, emb in embs.items():
-        written += _save(embedding(emb, title=name), out / f"{name}-tsne")
-    if len(embs) > 1:
-        written += _save(embedding_grid(embs), out / "tsne-grid")
-    return written
-
-
-def _draw_spheres(args, spheres: dict, out: Path) -> list[Path]:
-    if args.no_plots:
-        return []
-    from viz.embedding import hypersphere, hypersphere_grid
-
-    interactive = False if args.static else None
-    written = []
-    for name, sph in spheres.items():
-        written += _save(hypersphere(sph, interactive=interactive, title=name), out / f"{name}-sphere")
-    if len(spheres) > 1:
-        written += _save(hypersphere_grid(spheres, interactive=interactive), out / "sphere-grid")
-    return written
