@@ -98,11 +98,27 @@ def fit(recipe: Recipe, on_epoch: Callable[[int, torch.nn.Module, dict], None] |
 
 
 # -- the shipped zoo -----------------------------------------------------------------------
+NO_BIAS = {"head_bias": False}  # L-/A-/AM-Softmax use only the classifier weights
+SEED000_COMBINED = "0.25*hinge + 0.65*l-softmax(m=4) + 0.34*a-softmax(m=4)"
+
 ZOO: list[Recipe] = [
     Recipe("mlp-ce", "mlp", snapshots=True),
     Recipe("cnn-ce", "cnn", epochs=30),
     Recipe("resnet-ce", "resnet", epochs=30),
     Recipe("plain-ce", "plain", epochs=30),
+    Recipe("mlp-hinge", "mlp", loss="hinge"),
+    # beta: Liu et al.'s annealing weight; the pure formula (beta=0) kills classes on ReLU features
+    Recipe("mlp-l-softmax", "mlp", loss="l-softmax", loss_kwargs={"m": 4, "beta": 5}, arch_kwargs=NO_BIAS),
+    Recipe("mlp-a-softmax", "mlp", loss="a-softmax", loss_kwargs={"m": 4, "beta": 5}, arch_kwargs=NO_BIAS),
+    Recipe("mlp-combined", "mlp", loss=SEED000_COMBINED, arch_kwargs=NO_BIAS),
+    Recipe("mlp-am-softmax", "mlp", loss="am-softmax", arch_kwargs=NO_BIAS),
+    Recipe("mlp-sm-softmax", "mlp", loss="sm-softmax"),
+    Recipe("mlp-mam-softmax", "mlp", loss="mam-softmax"),
+    Recipe("mlp-sce", "mlp", loss="sce"),
+    Recipe("mlp-focal", "mlp", loss="focal"),
+    Recipe("mlp-adma", "mlp", loss="adma"),
+    Recipe("mlp-a2", "mlp", loss="a2"),
+    Recipe("cnn-mam-softmax", "cnn", loss="mam-softmax", epochs=30),
 ]
 
 
