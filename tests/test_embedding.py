@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import landscape as ls
 from landscape.embedding import angle_between, by_name, compare_stats, has_direction, normalize_rows
@@ -262,3 +264,36 @@ def test_by_name_keeps_repeated_names():
     f = _circle_features()
     assert list(by_name([f, f, f])) == ["synthetic", "synthetic-2", "synthetic-3"]
     assert list(compare_stats([f, f]).rows) == ["synthetic", "synthetic-2"]
+
+
+# -- properties ----------------------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), d=st.integers(4, 12), dim=st.sampled_from([2, 3]),
+       projection=st.sampled_from(["pca", "lda"]))
+def test_sphere_points_are_unit_vectors_and_stats_ignore_rotation_and_scale(seed, d, dim, projection):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(4), 6)
+    x = rng.normal(size=(4, d))[y] + 0.5 * rng.normal(size=(24, d))
+    feat = ls.Features(x=x, y=y, pred=y, classes=list("abcd"))
+    sph = ls.hypersphere(feat, dim=dim, projection=projection)
+    np.testing.assert_allclose(np.linalg.norm(sph.points, axis=1), 1.0, atol=1e-5)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    moved = ls.Features(x=rng.uniform(0.01, 100, size=(24, 1)) * x @ q, y=y, pred=y, classes=feat.classes)
+    a, b = ls.angular_stats(feat), ls.angular_stats(moved)
+    for key in ("compactness", "separation", "ratio", "silhouette"):
+        assert b[key] == pytest.approx(a[key], rel=1e-7, abs=1e-9)
+    assert 0.0 <= a["separation"] <= 180.0 and 0.0 <= a["compactness"] <= 180.0
+
+
+# -- regression: the numbers of the shipped CE model ---------------------------------------
+MLP_CE_DIGEST = "4a0c9f7bee765fc0"
+
+
+def test_shipped_mlp_ce_statistics_are_pinned(mlp_feat):
+    if mlp_feat.meta["digest"] != MLP_CE_DIGEST:
+        pytest.skip("trained_models/mlp-ce was retrained; update the pinned numbers")
+    stats = ls.angular_stats(mlp_feat)
+    assert stats["compactness"] == pytest.approx(21.432837, rel=1e-5)
+    assert stats["separation"] == pytest.approx(57.599168, rel=1e-5)
+    assert stats["silhouette"] == pytest.approx(0.715414, rel=1e-4)
+    assert stats["accuracy"] == pytest.approx(352 / 360) and stats["n_zero"] == 0
