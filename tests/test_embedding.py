@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import strategies
 
 import landscape as ls
 from landscape.embedding import angle_between, by_name, compare_stats, has_direction, normalize_rows
@@ -268,8 +268,8 @@ def test_by_name_keeps_repeated_names():
 
 # -- properties ----------------------------------------------------------------------------
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), d=st.integers(4, 12), dim=st.sampled_from([2, 3]),
-       projection=st.sampled_from(["pca", "lda"]))
+@given(seed=strategies.integers(0, 10_000), d=strategies.integers(4, 12), dim=strategies.sampled_from([2, 3]),
+       projection=strategies.sampled_from(["pca", "lda"]))
 def test_sphere_points_are_unit_vectors_and_stats_ignore_rotation_and_scale(seed, d, dim, projection):
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(4), 6)
