@@ -222,15 +222,15 @@ class GridEvaluator:
     def _first_layer_output(self, inp: torch.Tensor) -> torch.Tensor:
         return self._combination if self._slice is None else self._combination[self._slice]
 
-    def _place(self, c: np.ndarray) -> None:
+    def _place(self, c: list[float]) -> None:
         for _, p, base, ds in self.moving:
-            torch.add(base, ds[0], alpha=float(c[0]), out=p)
+            torch.add(base, ds[0], alpha=c[0], out=p)
             for d, ci in zip(ds[1:], c[1:]):
-                p.add_(d, alpha=float(ci))
+                p.add_(d, alpha=ci)
         if self.parts is not None:
-            torch.add(self.parts[0], self.parts[1], alpha=float(c[0]), out=self.buffer)
+            torch.add(self.parts[0], self.parts[1], alpha=c[0], out=self.buffer)
             for part, ci in zip(self.parts[2:], c[1:]):
-                self.buffer.add_(part, alpha=float(ci))
+                self.buffer.add_(part, alpha=ci)
             self._combination = self.buffer
 
     def _batches(self, objective) -> tuple[torch.Tensor, ...]:
@@ -249,7 +249,7 @@ class GridEvaluator:
             sums = out if sums is None else [a + b for a, b in zip(sums, out)]
         return tuple(v if k == 1 else v / n for k, v in enumerate(sums))
 
-    def _one(self, c: np.ndarray) -> tuple[torch.Tensor, ...]:
+    def _one(self, c: list[float]) -> tuple[torch.Tensor, ...]:
         self._place(c)
         return self._batches(self.objective)
 
@@ -288,13 +288,13 @@ class GridEvaluator:
                 ct = torch.as_tensor(coords, dtype=self.x.dtype, device=self.x.device)
                 for start in range(0, len(coords), self.ppb):
                     for col, v in zip(columns, self._vmapped(ct[start:start + self.ppb])):
-                        col.append(v.double())
+                        col.extend(v)
             else:
                 # per point only 0-d tensors are kept; they are stacked once per call (no sync per point on a GPU)
-                for c in coords:
+                for c in coords.tolist():
                     for col, v in zip(columns, self._one(c)):
-                        col.append(v.double()[None])
-            values = [torch.cat(col).cpu().numpy() for col in columns]
+                        col.append(v)
+            values = [torch.stack(col).double().cpu().numpy() for col in columns]
         values[1] = values[1] / len(self.y)  # correct counts -> accuracy
         return dict(zip(self.fields, values))
 

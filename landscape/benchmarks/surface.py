@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits", help="dataset spec (default: digits, test split)")
     parser.add_argument("--samples", type=int, default=None, help="seeded subset size (default: the whole split)")
     parser.add_argument("--grid", type=int, default=51, help="points per axis (default: 51)")
-    parser.add_argument("--repeat", type=int, default=1, help="best of this many runs per method (default: 1)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds; each method's best round is reported (default: 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's default); 1 is steadier on a shared machine")
     parser.add_argument("--no-peer", action="store_true", help="skip loss_landscapes")
@@ -95,13 +96,19 @@ def li_loop(model, criterion, x, y, dirs, xs, ys, batch_size: int = 128) -> np.n
     return loss
 
 
-def _best(fn, repeat: int):
-    best, out = float("inf"), None
+def _interleaved(methods: dict, repeat: int) -> tuple[dict[str, float], dict]:
+    """Best time of each method over ``repeat`` rounds, the methods taking turns within a round.
+
+    Taking turns spreads the load of a shared machine over all methods alike.
+    """
+    best = {name: float("inf") for name in methods}
+    outputs = {}
     for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best, outputs
 
 
 def run(args) -> int:
@@ -122,11 +129,10 @@ def run(args) -> int:
     flops = forward_flops(ck.model, x)
     peak = matmul_peak(device=ck.device)
 
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t_engine, surf = _best(lambda: surface(ck, data, dirs, x=(-1, 1, n), y=(-1, 1, n), progress=False), args.repeat)
-    rss_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    t_loop, loop = _best(lambda: li_loop(ck.model, ck.criterion, x, y, dirs, xs, ys), args.repeat)
-    rows = [("engine (landscape.surface)", t_engine), ("loop (Li et al., DataLoader 128)", t_loop)]
+    methods = {
+        "engine (landscape.surface)": lambda: surface(ck, data, dirs, x=(-1, 1, n), y=(-1, 1, n), progress=False),
+        "loop (Li et al., DataLoader 128)": lambda: li_loop(ck.model, ck.criterion, x, y, dirs, xs, ys),
+    }
     if not args.no_peer:
         try:
             import loss_landscapes
@@ -135,10 +141,18 @@ def run(args) -> int:
             print("loss_landscapes is not installed; skipping that peer (pip install loss-landscapes)")
         else:
             metric = Loss(lambda logits, target: ck.criterion(logits, target), x, y)
-            t_ll, _ = _best(lambda: loss_landscapes.random_plane(copy.deepcopy(ck.model), metric, distance=1, steps=n,
-                                                                  normalization="filter", deepcopy_model=False),
-                            args.repeat)
-            rows.append(("loss_landscapes.random_plane", t_ll))
+            # distance 0.5 spans +-||theta|| per axis, the extent of the engine's [-1, 1] x [-1, 1]
+            # over filter-normalised directions (whose norm is that of the weights)
+            methods["loss_landscapes.random_plane"] = lambda: loss_landscapes.random_plane(
+                copy.deepcopy(ck.model), metric, distance=0.5, steps=n, normalization="filter")
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    surface(ck, data, dirs, x=(-1, 1, n), y=(-1, 1, n), progress=False)
+    rss_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    times, outputs = _interleaved(methods, args.repeat)
+    surf, loop = outputs["engine (landscape.surface)"], outputs["loop (Li et al., DataLoader 128)"]
+    t_engine = times["engine (landscape.surface)"]
+    rows = list(times.items())
 
     print(f"surface benchmark: {ck.name} on {data.name} ({len(data)} samples), {n} x {n} grid, device "
           f"{ck.device}, {torch.get_num_threads()} threads")
