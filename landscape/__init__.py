@@ -13,6 +13,8 @@ Names are imported lazily so that ``import landscape`` stays fast.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 from . import errors
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -25,6 +27,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "losses": None, "models": None, "testing": None, "grid": None, "objective": None,
     "phenotype": "phenotype", "phenotype_difference": "phenotype", "Phenotype": "phenotype",
+    "PhenotypeDifference": "phenotype",
     "random_directions": "directions", "trajectory_directions": "directions", "directions_between": "directions",
     "Directions": "directions",
     "surface": "surface", "interpolate": "surface", "Surface": "surface", "Curve": "surface",
@@ -36,6 +39,22 @@ _LAZY = {
     "gradcam": "gradcam", "CAM": "gradcam",
     "train": "train",
 }
+
+
+class _Package(types.ModuleType):
+    """Keeps ``ls.surface``, ``ls.phenotype`` and ``ls.gradcam`` the functions of the contract.
+
+    The import system binds every imported submodule as an attribute of its package, which
+    would replace the public function of the same name with its module.
+    """
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

@@ -15,8 +15,6 @@ plotted grid; a difference is ``normalised(A) - normalised(B)`` on the same grid
 from __future__ import annotations
 
 import dataclasses
-import sys
-import types
 from typing import Callable, Union
 
 import numpy as np
@@ -217,16 +215,3 @@ def phenotype_difference(a: LossLike | Phenotype, b: LossLike | Phenotype = "ce"
     return PhenotypeDifference(y=pa.y, yhat=pa.yhat, difference=diff,
                                binary_difference=pa.binary_normalized - pb.binary_normalized,
                                a=pa.normalized, b=pb.normalized, meta=meta)
-
-
-class _CallableModule(types.ModuleType):
-    """Once ``landscape.phenotype`` (this module) is imported, Python binds the package
-    attribute ``landscape.phenotype`` to the module rather than to the function of the same
-    name; calling the module therefore computes a phenotype, so ``ls.phenotype("A2")``
-    works whichever was imported first."""
-
-    def __call__(self, *args, **kwargs) -> Phenotype:
-        return phenotype(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
