@@ -102,9 +102,15 @@ def _dirs_of(result) -> Directions:
 
 # -- inputs --------------------------------------------------------------------------------------
 def axis(spec, name: str = "x") -> np.ndarray:
-    """Grid coordinates from ``(lo, hi, n)`` (inclusive, like ``np.linspace``) or an explicit array."""
-    if isinstance(spec, np.ndarray) or (isinstance(spec, (list, tuple)) and len(spec) != 3):
-        arr = np.asarray(spec, dtype=np.float64).reshape(-1)
+    """Grid coordinates from a tuple ``(lo, hi, n)`` (inclusive, like ``np.linspace``) or a list/array of them.
+
+    Only a tuple is read as ``(lo, hi, n)``, so ``[-1, 0, 1]`` stays three coordinates.
+    """
+    if not isinstance(spec, tuple):
+        try:
+            arr = np.asarray(spec, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(f"{name}={spec!r}: give (lo, hi, n) or a list of coordinates.") from exc
     else:
         try:
             lo, hi, n = float(spec[0]), float(spec[1]), int(spec[2])
@@ -231,7 +237,7 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     dirs : Directions, optional
         Two directions; default ``random_directions(ck.model, 2, seed)`` (filter-normalised,
         biases and batchnorm zeroed).
-    x, y : (lo, hi, n) or array
+    x, y : tuple (lo, hi, n), or list/array of coordinates
         Grid coordinates along ``d1`` and ``d2``; ``nx`` and ``ny`` are independent.
     n_samples : int, optional
         Evaluate on a seeded random subset of this size.
@@ -303,7 +309,7 @@ def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, n_sam
         Evaluation data.
     steps : int
         Number of points when ``t`` is not given.
-    t : (lo, hi, n) or array, optional
+    t : tuple (lo, hi, n), or list/array of coordinates, optional
         Positions on the line.
     n_samples, seed, criterion, with_ce, batch_size, out, resume, chunk_size, progress, shortcut
         As in :func:`surface`.

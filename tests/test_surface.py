@@ -228,3 +228,12 @@ def test_a_model_left_in_training_mode_is_evaluated_in_eval_mode(zoo_path, small
     assert ck.model.training  # the caller's mode is restored
     ck.model.eval()
     assert surf.loss[0, 0] == pytest.approx(ck.evaluate(small)[0], rel=1e-7)
+
+
+def test_axis_reads_tuples_as_ranges_and_lists_as_coordinates():
+    from landscape.surface import axis
+
+    np.testing.assert_array_equal(axis((-1, 1, 5)), [-1, -0.5, 0, 0.5, 1])
+    np.testing.assert_array_equal(axis([-1, 0, 1]), [-1, 0, 1])
+    with pytest.raises(ArgumentError, match="finite"):
+        axis([0.0, np.nan])
