@@ -114,7 +114,8 @@ def test_points_per_launch_and_batches_agree_with_the_loop(cnn, small):
     loop = GridEvaluator(cnn.model, cnn.criterion, x, y, dirs, with_ce=True)(coords)
     vmapped = GridEvaluator(cnn.model, cnn.criterion, x, y, dirs, with_ce=True, points_per_batch=3)(coords)
     batched = GridEvaluator(cnn.model, cnn.criterion, x, y, dirs, with_ce=True, batch_size=50)(coords)
-    for other in (vmapped, batched):
+    both = GridEvaluator(cnn.model, cnn.criterion, x, y, dirs, with_ce=True, batch_size=50, points_per_batch=2)(coords)
+    for other in (vmapped, batched, both):
         for k in loop:
             np.testing.assert_allclose(other[k], loop[k], rtol=2e-5)
 
