@@ -250,6 +250,8 @@ class HessianOperator:
         leaves = {n: t.detach().requires_grad_(True) for n, t in self.theta.items()}
         with torch.enable_grad():
             loss = self._batch_loss(leaves, k)
+            if not loss.requires_grad:  # no selected parameter reaches the loss: gradient and H are zero
+                return leaves, (None,) * len(self.names)
             grads = torch.autograd.grad(loss, [leaves[n] for n in self.names], create_graph=True, allow_unused=True)
         return leaves, grads
 
@@ -304,11 +306,12 @@ class HessianOperator:
         if k == 1 or not self.cache:
             return torch.stack([self.matvec(V[:, j]) for j in range(k)], dim=1)
         total = 0
+        rows = self.unflatten_batched(V.T)
         try:
             for b, (_, y) in enumerate(self._batches):
                 leaves, grads = self._graphs.get(b) or self._gradient_graph(b)
                 self._graphs[b] = (leaves, grads)
-                live = [(g, self.unflatten_batched(V.T)[n]) for n, g in zip(self.names, grads)
+                live = [(g, rows[n]) for n, g in zip(self.names, grads)
                         if g is not None and g.requires_grad]
                 if not live:
                     return torch.zeros_like(V)
@@ -341,11 +344,8 @@ class HessianOperator:
         """The objective's gradient at the operator's point, flattened."""
         total = 0
         for k, (_, y) in enumerate(self._batches):
-            leaves = {n: t.detach().requires_grad_(True) for n, t in self.theta.items()}
-            with torch.enable_grad():
-                grads = torch.autograd.grad(self._batch_loss(leaves, k), [leaves[n] for n in self.names],
-                                            allow_unused=True)
-            total = total + self.flatten({n: torch.zeros_like(self.theta[n]) if g is None else g
+            _, grads = self._gradient_graph(k)
+            total = total + self.flatten({n: torch.zeros_like(self.theta[n]) if g is None else g.detach()
                                           for n, g in zip(self.names, grads)}) * (len(y) / self._n)
         return total
 
@@ -377,6 +377,6 @@ def _explain(exc: Exception, op: HessianOperator) -> str:
     """A user-facing message for an autograd failure inside an HVP."""
     msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return (f"cannot take Hessian-vector products of {type(op.model).__name__} with "
-            f"{type(op.criterion).__name__}: an operation has no second derivative (forward-over-reverse "
-            f"autograd failed: {msg}). Replace that layer or loss by one that is twice differentiable "
+            f"{type(op.criterion).__name__}: an operation has no second derivative (double "
+            f"backward failed: {msg}). Replace that layer or loss by one that is twice differentiable "
             "in PyTorch, or restrict the Hessian to other parameters with params=[...].")
