@@ -13,10 +13,9 @@ Names are imported lazily so that ``import landscape`` stays fast.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 from . import errors
+from ._package import shield
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Dataset, load_dataset
 from .results import Result
@@ -41,20 +40,8 @@ _LAZY = {
 }
 
 
-class _Package(types.ModuleType):
-    """Keeps ``ls.surface``, ``ls.phenotype`` and ``ls.gradcam`` the functions of the contract.
-
-    The import system binds every imported submodule as an attribute of its package, which
-    would replace the public function of the same name with its module.
-    """
-
-    def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+# ls.surface, ls.phenotype and ls.gradcam are functions that share their module's name
+shield(__name__, {name for name, module in _LAZY.items() if module == name})
 
 
 def __getattr__(name: str):

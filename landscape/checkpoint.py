@@ -103,12 +103,13 @@ def _sniff(path: Path) -> str:
         head = fh.read(9)
     if head[:4] == b"PK\x03\x04":
         return "zip"
-    if head[:1] == b"\x80":
-        return "pickle"
+    # safetensors before pickle: a header length of 128 mod 256 also starts with 0x80
     if len(head) == 9 and head[8:9] == b"{":
         n = struct.unpack("<Q", head[:8])[0]
         if 0 < n <= path.stat().st_size - 8:
             return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
     return "unknown"
 
 

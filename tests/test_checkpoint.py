@@ -215,3 +215,17 @@ def test_load_on_cuda(zoo_path, digits_test):
     assert next(ck.model.parameters()).is_cuda
     cpu = ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
     assert ck.evaluate(digits_test)[1] == pytest.approx(cpu.evaluate(digits_test)[1], abs=1 / 360)
+
+
+def test_safetensors_header_starting_with_pickle_byte(tmp_path, model):
+    """A safetensors header of length 128 mod 256 starts with 0x80, the pickle protocol byte."""
+    import struct
+
+    for pad in range(300):
+        path = ls.save_checkpoint(tmp_path / "m.safetensors", model, {**META, "pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:  # pragma: no cover
+        pytest.fail("could not produce a header of length 128 mod 256")
+    assert struct.unpack("<Q", path.read_bytes()[:8])[0] % 256 == 128
+    assert ls.load_checkpoint(path).meta["pad"] == "x" * pad

@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import importlib
 
+from landscape._package import shield
+
 from .figure import Plot
 
 # submodules searched, in order, for a public figure function
 _MODULES = ("surface", "hessian", "embedding", "phenotype", "gradcam", "report")
+
+
+# viz.embedding(emb) is the figure function of its module viz.embedding
+shield(__name__, {"embedding"})
 
 
 def __getattr__(name: str):

@@ -13,8 +13,6 @@ with standard softmax beside MAM-SoftMax. Every function here takes results from
 """
 from __future__ import annotations
 
-import sys
-import types
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -447,18 +445,3 @@ def _mpl_grid(spheres: dict[str, Sphere], dim: int, table: bool, point_size: flo
 
 __all__ = ["embedding", "embedding_grid", "hypersphere", "hypersphere_grid", "stats_table", "class_colors"]
 
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`embedding`.
-
-    Importing ``viz.embedding`` binds the *module* to the name ``viz.embedding`` (Python sets
-    a package attribute for every imported submodule), which would shadow the figure function
-    of the same name that DESIGN.md promises (``viz.embedding(emb)``). Calling the module
-    calls the function, so both spellings work.
-    """
-
-    def __call__(self, *args, **kwargs) -> Plot:
-        return embedding(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
