@@ -289,9 +289,12 @@ class TraceEstimate(NamedTuple):
 
 
 def _rademacher(size: int, k: int, seed: int) -> torch.Tensor:
-    """``(size, k)`` float64 +-1 probes drawn on the CPU, so every device gets the same ones."""
+    """``(size, k)`` float64 +-1 probes drawn on the CPU, so every device gets the same ones.
+
+    Drawn probe by probe, so the first probes of a longer run are the probes of a shorter one.
+    """
     gen = torch.Generator().manual_seed(int(seed))
-    return torch.randint(0, 2, (size, k), generator=gen, dtype=torch.int8).double() * 2 - 1
+    return (torch.randint(0, 2, (k, size), generator=gen, dtype=torch.int8).double() * 2 - 1).T
 
 
 def hessian_trace(ck, data="digits", *, n_probes: int = 100, seed: int = 0, subset: int | None = None,
