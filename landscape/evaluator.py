@@ -158,12 +158,43 @@ class GridEvaluator:
             self.first.bn = None  # a batchnorm that moves is no longer a fixed affine map: let it run
         skip = self._shortcut_parameters()
         # Only parameters that move (non-zero direction) and are not inside the shortcut layer are rewritten.
-        self.moving = [(name, p, p.detach().clone(), [d[name] for d in dvec]) for name, p in params.items()
-                       if name not in skip and any(bool(d[name].any()) for d in dvec)]
-        self.parts = self._first_layer_parts(dvec) if self.first is not None else None
-        self.buffer = torch.empty_like(self.parts[0]) if self.parts is not None else None
+        moving = [(name, p) for name, p in params.items()
+                  if name not in skip and any(bool(d[name].any()) for d in dvec)]
+        parts = self._first_layer_parts(dvec) if self.first is not None else None
+        self._flatten(moving, dvec, parts)
 
     # -- setup -------------------------------------------------------------------------------
+    def _flatten(self, moving: list[tuple[str, nn.Parameter]], dvec: list[dict[str, torch.Tensor]],
+                 parts: list[torch.Tensor] | None) -> None:
+        """Lay out everything that changes per point as one vector ``flat = base + D^T c``.
+
+        The moving parameters and the first layer's output are segments of ``flat``; during a
+        call the parameters' storage is swapped for their segment, so placing a point is one
+        ``addmv`` whatever the number of parameters. ``self.moving`` and ``self.parts`` are
+        views of the segments of ``base`` and ``D`` (used by the vmapped path).
+        """
+        segments = [(p.detach(), [d[name] for d in dvec]) for name, p in moving]
+        if parts is not None:
+            segments.append((parts[0], parts[1:]))
+        like = self.x if not segments else segments[0][0]
+        self._base = torch.cat([b.reshape(-1) for b, _ in segments]) if segments else like.new_zeros(0)
+        self._dirs = torch.stack([torch.cat([ds[k].reshape(-1) for _, ds in segments]) if segments
+                                  else like.new_zeros(0) for k in range(self.n_dirs)])
+        self._flat = torch.empty_like(self._base)
+        views, start = [], 0
+        for b, _ in segments:
+            stop = start + b.numel()
+            views.append((slice(start, stop), b.shape))
+            start = stop
+        seg = lambda t, k: t[views[k][0]].view(views[k][1])  # noqa: E731 - view of segment k of a flat tensor
+        self.moving = [(name, p, seg(self._base, k), [seg(self._dirs[i], k) for i in range(self.n_dirs)],
+                        seg(self._flat, k)) for k, (name, p) in enumerate(moving)]
+        self.parts = None
+        if parts is not None:
+            k = len(segments) - 1
+            self.parts = [seg(self._base, k)] + [seg(self._dirs[i], k) for i in range(self.n_dirs)]
+            self._buffer = seg(self._flat, k)
+
     def _shortcut_parameters(self) -> set[str]:
         """Names of the parameters whose effect the precomputed parts already contain."""
         if self.first is None:
@@ -206,6 +237,9 @@ class GridEvaluator:
         saved = [(m, m.__dict__.get("forward")) for m, _ in patches]
         for module, fn in patches:
             module.forward = fn
+        originals = [(p, p.data) for _, p, _, _, _ in self.moving]
+        for _, p, _, _, view in self.moving:
+            p.data = view  # the parameter now reads its segment of the flat vector
         try:
             yield
         finally:
@@ -214,24 +248,19 @@ class GridEvaluator:
                     del module.forward  # back to the class's method
                 else:
                     module.forward = own
-            with torch.no_grad():
-                for _, p, base, _ in self.moving:
-                    p.copy_(base)
+            for p, data in originals:
+                p.data = data  # the original storage was never written: the weights are back as they were
 
-    # -- one point at a time (CPU) -------------------------------------------------------------
     def _first_layer_output(self, inp: torch.Tensor) -> torch.Tensor:
         return self._combination if self._slice is None else self._combination[self._slice]
 
     def _place(self, c: list[float]) -> None:
-        for _, p, base, ds in self.moving:
-            torch.add(base, ds[0], alpha=c[0], out=p)
-            for d, ci in zip(ds[1:], c[1:]):
-                p.add_(d, alpha=ci)
+        if self._base.numel():
+            torch.add(self._base, self._dirs[0], alpha=c[0], out=self._flat)
+            for d, ci in zip(self._dirs[1:], c[1:]):
+                self._flat.add_(d, alpha=ci)
         if self.parts is not None:
-            torch.add(self.parts[0], self.parts[1], alpha=c[0], out=self.buffer)
-            for part, ci in zip(self.parts[2:], c[1:]):
-                self.buffer.add_(part, alpha=ci)
-            self._combination = self.buffer
+            self._combination = self._buffer  # the first layer's output at this point (a segment of flat)
 
     def _batches(self, objective) -> tuple[torch.Tensor, ...]:
         """``(mean loss, correct count[, mean ce])`` over the data, one batch or several."""
@@ -257,7 +286,7 @@ class GridEvaluator:
     def _vmapped(self, coords: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from torch.func import functional_call, vmap
 
-        moving = {"model." + name: (base, ds) for name, _, base, ds in self.moving}
+        moving = {"model." + name: (base, ds) for name, _, base, ds, _ in self.moving}
 
         def at(c: torch.Tensor) -> tuple[torch.Tensor, ...]:
             params = {}
