@@ -3,24 +3,32 @@
 Speed comes from exact algebra and from not allocating, not from approximations:
 
 * the data stays on the device, normalised once; no DataLoader, no model copies;
-* each point's weights are written in place into the model's own parameter storage
-  (``torch.add(base, d, alpha=c, out=p)``), and only parameters whose direction is non-zero
-  are touched; the weights are restored afterwards;
+* everything that changes from point to point is one flat vector ``flat = base + sum_i c_i D_i``
+  written in place (two scaled additions per point); moving parameters read their segment
+  of it (their own storage is swapped back untouched afterwards), and parameters whose
+  direction is zero are never touched;
 * **first-layer shortcut**: when the first parametrised layer is a ``Linear`` or ``Conv2d``
   fed directly by the data (only reshapes in between, as the zoo mlp's ``Flatten``), its
   output is linear in the coordinates, ``X (W0 + a D1 + b D2)^T = X W0^T + a X D1^T + b X D2^T``
-  (likewise for a convolution), so those parts are computed once per run and each point
-  costs two scaled additions into a reused buffer instead of the layer's matmul;
+  (likewise for a convolution): its parts are computed once and the layer's output is a
+  segment of ``flat``;
+* **batchnorm folding**: an eval-mode batchnorm is a fixed per-channel affine map
+  ``s z + t`` when its own direction is zero, so a ``Linear``/``Conv2d`` followed by one runs
+  with weight ``s W`` and bias ``s b + t`` (segments of ``flat`` too) and the batchnorm is skipped;
 * on CUDA several points are evaluated per launch with ``torch.func.vmap`` over the
-  coordinates (the parameters are formed inside the vmapped function).
+  coordinates.
 
-Every point is computed by the same operations whatever else is evaluated, so chunked,
-resumed and sharded runs give identical values.
+A self-check at construction compares the shortcut path with a plain evaluation of the
+offset weights at one point and falls back to the plain path if a model does something the
+algebra does not cover (a layer's output reused elsewhere, tied weights). Every point is
+computed by the same operations whatever else is evaluated, so chunked, resumed and sharded
+runs give identical values.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Mapping
+import dataclasses
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -31,70 +39,104 @@ from .directions import Directions
 from .objective import loss_and_logits
 
 SHORTCUT_BUDGET_BYTES = 1 << 30  # precomputed first-layer parts larger than this fall back to the generic path
+# Combining the precomputed parts costs (n_dirs + 1) reads per output element; running the layer
+# costs fan-in multiply-adds, which run several times faster per element. Below this many
+# multiply-adds per part the layer is left to run (measured on the zoo: a 64-input Linear gains,
+# a one-channel 3x3 convolution loses).
+FIRST_LAYER_MIN_FAN_IN = 4
+# Layers a following batchnorm is folded into. A convolution's added bias costs about as much
+# as the batchnorm it replaces on the CPU, so by default only Linear layers are folded.
+FOLD_LAYERS: tuple[type, ...] = (nn.Linear,)
+SELF_CHECK_RTOL = 1e-3  # the shortcut differs from a plain evaluation by float rounding only (~1e-6)
+_LAYERS = (nn.Linear, nn.Conv2d)
 
 
-class _FirstLayer:
-    """The first parametrised layer when it is a Linear/Conv2d fed directly by the data.
+# -- reading the model's structure from one forward pass -----------------------------------------
+@dataclasses.dataclass
+class Trace:
+    """The modules with parameters of their own, in the order they ran, with their inputs and outputs."""
 
-    ``bn`` is the eval-mode batchnorm that directly follows it, if any: an affine map per
-    channel, folded into the precomputed parts when its own parameters do not move.
-    """
+    calls: list[tuple[str, nn.Module, object]]
+    outputs: dict[nn.Module, object]
 
-    def __init__(self, module: nn.Module, name: str, inp: torch.Tensor, bn: nn.Module | None = None,
-                 bn_name: str = ""):
-        self.module, self.name, self.inp, self.bn, self.bn_name = module, name, inp, bn, bn_name
-
-    def apply(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if isinstance(self.module, nn.Conv2d):
-            return self.module._conv_forward(self.inp, weight, bias)
-        return F.linear(self.inp, weight, bias)
-
-    def bn_scale(self, like: torch.Tensor) -> torch.Tensor:
-        """``gamma / sqrt(running_var + eps)`` shaped to multiply a layer output like ``like``."""
-        bn = self.bn
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight
-        return scale.reshape((1, -1) + (1,) * (like.dim() - 2))
+    def count(self, module: nn.Module) -> int:
+        return sum(1 for _, m, _ in self.calls if m is module)
 
 
-def find_first_layer(model: nn.Module, x: torch.Tensor) -> _FirstLayer | None:
-    """Run ``model(x)`` once and return the shortcut layer, or None when the shortcut does not apply.
-
-    The first module with parameters of its own that runs is accepted when it is an
-    ``nn.Linear`` or ``nn.Conv2d``, runs exactly once, and its input holds the data itself
-    (same numbers, possibly reshaped): then its output is linear in its weights. When the
-    next parametrised module is an eval-mode batchnorm fed by exactly that output, it is
-    returned too (for folding).
-    """
-    calls: list[tuple[str, nn.Module, torch.Tensor]] = []
-    outputs: dict[nn.Module, torch.Tensor] = {}
-    owners = {m: n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+def trace(model: nn.Module, x: torch.Tensor) -> Trace:
+    """Run ``model(x)`` once with hooks and record the calls of parametrised modules."""
+    calls: list = []
+    outputs: dict = {}
     hooks = []
-    for m, n in owners.items():
-        hooks.append(m.register_forward_pre_hook(lambda mod, args, n=n: calls.append((n, mod, args[0] if args else None))))
-        hooks.append(m.register_forward_hook(lambda mod, args, out: outputs.setdefault(mod, out)))
+    for name, m in model.named_modules():
+        if any(True for _ in m.parameters(recurse=False)):
+            hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name: calls.append((n, mod, args[0] if args else None))))
+            hooks.append(m.register_forward_hook(lambda mod, args, out: outputs.setdefault(mod, out)))
     try:
         with torch.inference_mode():
             model(x)
     finally:
         for h in hooks:
             h.remove()
-    if not calls:
+    return Trace(calls, outputs)
+
+
+def first_layer(tr: Trace, x: torch.Tensor) -> tuple[str, nn.Module, torch.Tensor] | None:
+    """``(name, layer, its input)`` of the first parametrised layer if it is a Linear/Conv2d run once on the data
+    itself (possibly reshaped), else None."""
+    if not tr.calls:
         return None
-    name, module, inp = calls[0]
-    if not isinstance(module, (nn.Linear, nn.Conv2d)) or sum(1 for c in calls if c[1] is module) != 1:
+    name, module, inp = tr.calls[0]
+    if not isinstance(module, _LAYERS) or tr.count(module) != 1:
         return None
     if not isinstance(inp, torch.Tensor) or inp.numel() != x.numel() or not torch.equal(inp.reshape(-1), x.reshape(-1)):
         return None
-    bn, bn_name = None, ""
-    if len(calls) > 1:
-        n2, m2, inp2 = calls[1]
-        foldable = (isinstance(m2, nn.modules.batchnorm._BatchNorm) and not m2.training
-                    and m2.running_var is not None and sum(1 for c in calls if c[1] is m2) == 1)
-        if foldable and inp2 is outputs.get(module):
-            bn, bn_name = m2, n2
-    return _FirstLayer(module, name, inp, bn, bn_name)
+    return name, module, inp
+
+
+def batchnorm_pairs(tr: Trace, layers: tuple[type, ...] = _LAYERS) -> dict[nn.Module, tuple[str, nn.Module]]:
+    """``{layer: (bn name, bn)}`` for every layer of type ``layers`` whose output goes straight into an eval batchnorm."""
+    pairs = {}
+    for name, bn, inp in tr.calls:
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.training or bn.running_var is None:
+            continue
+        if tr.count(bn) != 1:
+            continue
+        for layer, out in tr.outputs.items():
+            if out is inp and isinstance(layer, layers) and tr.count(layer) == 1:
+                pairs[layer] = (name, bn)
+    return pairs
+
+
+def _affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, t)`` with ``bn(z) = s z + t`` in eval mode, shaped ``(C,)`` to scale output channels."""
+    s = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        s = s * bn.weight
+    t = -bn.running_mean * s
+    if bn.bias is not None:
+        t = t + bn.bias
+    return s.detach(), t.detach()
+
+
+def _per_channel(v: torch.Tensor, dims: int, axis: int) -> torch.Tensor:
+    """Shape a ``(C,)`` vector to broadcast along ``axis`` of a ``dims``-dimensional tensor."""
+    shape = [1] * dims
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def _apply(layer: nn.Module, inp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(layer, nn.Conv2d):
+        return layer._conv_forward(inp, weight, bias)
+    return F.linear(inp, weight, bias)
+
+
+def _fan_in(layer: nn.Module) -> int:
+    """Multiply-adds per output element of a Linear/Conv2d."""
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels // layer.groups * int(np.prod(layer.kernel_size))
+    return layer.in_features
 
 
 def _identity(inp: torch.Tensor) -> torch.Tensor:
@@ -114,13 +156,24 @@ class _Objective(nn.Module):
         return (loss, correct, F.cross_entropy(logits, y)) if self.with_ce else (loss, correct)
 
 
+@dataclasses.dataclass
+class _Segment:
+    """One piece of the flat vector: ``base + sum_i c_i dirs[i]`` reshaped to ``shape``."""
+
+    base: torch.Tensor
+    dirs: list[torch.Tensor]
+
+
+# -- the engine ------------------------------------------------------------------------------
 class GridEvaluator:
     """Evaluate loss and accuracy at points of the span of ``dirs`` around a model's weights.
 
     Parameters
     ----------
     model : nn.Module
-        The centre ``theta*`` (its weights are changed in place during a call and restored after).
+        The centre ``theta*``, in eval mode. During a call its moving parameters read
+        per-point values and some layers run through precomputed parts; everything is
+        restored when the call returns.
     criterion : nn.Module
         The loss (a :mod:`landscape.losses` loss; margin losses get features and head weight).
     x, y : torch.Tensor
@@ -132,7 +185,7 @@ class GridEvaluator:
     batch_size : int, optional
         Evaluate the data in batches of this size (default: all at once).
     shortcut : bool
-        Use the first-layer shortcut where it applies.
+        Use the first-layer shortcut and batchnorm folding where they apply.
     points_per_batch : int, optional
         Points evaluated per launch with ``torch.func.vmap``; default 16 on CUDA, 1 (in-place
         loop) on the CPU, where batching points does not pay.
@@ -148,120 +201,130 @@ class GridEvaluator:
         self.n_dirs = dirs.n
         self.batch_size = len(y) if batch_size is None else max(1, int(batch_size))
         self.ppb = int(points_per_batch or (16 if x.device.type == "cuda" else 1))
-        params = dict(model.named_parameters())
-        dtype = next(iter(params.values())).dtype
-        dvec = [dirs.tensors(i, device=x.device, dtype=dtype) for i in range(dirs.n)]
-        self.first = find_first_layer(model, x) if shortcut else None
-        if self.first is not None and not self._fits_budget():
-            self.first = None
-        if self.first is not None and self.first.bn is not None and self._moves(self.first.bn_name, self.first.bn, dvec):
-            self.first.bn = None  # a batchnorm that moves is no longer a fixed affine map: let it run
-        skip = self._shortcut_parameters()
-        # Only parameters that move (non-zero direction) and are not inside the shortcut layer are rewritten.
-        moving = [(name, p) for name, p in params.items()
-                  if name not in skip and any(bool(d[name].any()) for d in dvec)]
-        parts = self._first_layer_parts(dvec) if self.first is not None else None
-        self._flatten(moving, dvec, parts)
+        self._slice: slice | None = None
+        dtype = next(model.parameters()).dtype
+        self._dvec = [dirs.tensors(i, device=x.device, dtype=dtype) for i in range(dirs.n)]
+        self._build(shortcut)
+        if shortcut and self.patches and not self._agrees_with_plain():
+            self._build(False)  # the algebra does not cover this model: evaluate it plainly
 
-    # -- setup -------------------------------------------------------------------------------
-    def _flatten(self, moving: list[tuple[str, nn.Parameter]], dvec: list[dict[str, torch.Tensor]],
-                 parts: list[torch.Tensor] | None) -> None:
-        """Lay out everything that changes per point as one vector ``flat = base + D^T c``.
+    # -- layout ------------------------------------------------------------------------------
+    def _moves(self, name: str) -> bool:
+        return any(bool(d[name].any()) for d in self._dvec)
 
-        The moving parameters and the first layer's output are segments of ``flat``; during a
-        call the parameters' storage is swapped for their segment, so placing a point is one
-        ``addmv`` whatever the number of parameters. ``self.moving`` and ``self.parts`` are
-        views of the segments of ``base`` and ``D`` (used by the vmapped path).
-        """
-        segments = [(p.detach(), [d[name] for d in dvec]) for name, p in moving]
-        if parts is not None:
-            segments.append((parts[0], parts[1:]))
-        like = self.x if not segments else segments[0][0]
-        self._base = torch.cat([b.reshape(-1) for b, _ in segments]) if segments else like.new_zeros(0)
-        self._dirs = torch.stack([torch.cat([ds[k].reshape(-1) for _, ds in segments]) if segments
-                                  else like.new_zeros(0) for k in range(self.n_dirs)])
+    def _names(self, module: nn.Module) -> dict[str, str]:
+        """``{local parameter name: full name}`` of a submodule."""
+        full = {id(p): n for n, p in self.model.named_parameters()}
+        return {k: full[id(p)] for k, p in module.named_parameters(recurse=False)}
+
+    def _build(self, shortcut: bool) -> None:
+        """Decide what each point changes, and lay it out as segments of one flat vector."""
+        segments: list[_Segment] = []
+        self.patches: list[tuple[nn.Module, Callable]] = []  # module -> replacement forward during a call
+        self._swapped: list[tuple[nn.Parameter, int]] = []  # parameter -> its segment
+        covered: set[str] = set()
+        tr = trace(self.model, self.x) if shortcut else None
+        folds = batchnorm_pairs(tr) if tr is not None else {}
+        folds = {layer: bn for layer, bn in folds.items()
+                 if not any(self._moves(n) for n in self._names(bn[1]).values())}
+        first = first_layer(tr, self.x) if tr is not None else None
+        if first is not None and _fan_in(first[1]) < FIRST_LAYER_MIN_FAN_IN * (self.n_dirs + 1):
+            first = None  # a thin layer (e.g. a 3x3 convolution of one channel) is cheaper to run than to combine
+        if first is not None:
+            seg = self._first_layer_segment(first[1], first[2], folds.get(first[1]))
+            if seg is not None:
+                k = len(segments)
+                segments.append(seg)
+                self.patches.append((first[1], lambda inp, k=k: self._output(k)))
+                covered |= set(self._names(first[1]).values())
+                if first[1] in folds:
+                    self.patches.append((folds[first[1]][1], _identity))
+                    covered |= set(self._names(folds[first[1]][1]).values())
+        for layer, (_, bn) in folds.items():
+            if (first is not None and layer is first[1]) or not isinstance(layer, FOLD_LAYERS):
+                continue
+            names = self._names(layer)
+            if not any(self._moves(n) for n in names.values()):
+                continue  # nothing moves in this pair: let both run as they are
+            k = len(segments)
+            segments += self._folded_segments(layer, bn, names)
+            self.patches += [(layer, lambda inp, layer=layer, k=k: _apply(layer, inp, self._views[k], self._views[k + 1])),
+                             (bn, _identity)]
+            covered |= set(names.values()) | set(self._names(bn).values())
+        for name, p in self.model.named_parameters():
+            if name not in covered and self._moves(name):
+                self._swapped.append((p, len(segments)))
+                segments.append(_Segment(p.detach(), [d[name] for d in self._dvec]))
+        self._layout(segments)
+
+    def _first_layer_segment(self, layer: nn.Module, inp: torch.Tensor, fold) -> _Segment | None:
+        """Parts of the first layer's output (batchnorm folded in): ``[L(X; W0, b0), L(X; D1), ...]``."""
+        names = self._names(layer)
+        bias = layer.bias
+        with torch.inference_mode():
+            base = _apply(layer, inp, layer.weight, bias)
+            if base.numel() * base.element_size() * (self.n_dirs + 1) > SHORTCUT_BUDGET_BYTES:
+                return None
+            dirs = [_apply(layer, inp, d[names["weight"]], d[names["bias"]] if bias is not None else None)
+                    for d in self._dvec]
+            if fold is not None:
+                s, _ = _affine(fold[1])
+                s = _per_channel(s, base.dim(), 1)
+                base, dirs = fold[1](base), [v * s for v in dirs]  # BN(Z0 + a Z1) = BN(Z0) + a s Z1
+        return _Segment(base.clone(), [v.clone() for v in dirs])
+
+    def _folded_segments(self, layer: nn.Module, bn: nn.Module, names: dict[str, str]) -> list[_Segment]:
+        """Weight ``s W`` and bias ``s b + t`` of a layer followed by a fixed batchnorm, with their directions."""
+        s, t = _affine(bn)
+        w = layer.weight.detach()
+        sw = _per_channel(s, w.dim(), 0)
+        weight = _Segment(w * sw, [d[names["weight"]] * sw for d in self._dvec])
+        if layer.bias is not None:
+            bias = _Segment(layer.bias.detach() * s + t, [d[names["bias"]] * s for d in self._dvec])
+        else:
+            bias = _Segment(t.clone(), [torch.zeros_like(t) for _ in self._dvec])
+        return [weight, bias]
+
+    def _layout(self, segments: list[_Segment]) -> None:
+        """Concatenate the segments into ``base`` (P,) and ``dirs`` (n, P); make the per-segment views."""
+        dev, dtype = self.x.device, next(self.model.parameters()).dtype
+        self._shapes = [s.base.shape for s in segments]
+        self._bounds = np.cumsum([0] + [s.base.numel() for s in segments]).tolist()
+        flat = lambda ts: torch.cat([t.reshape(-1).to(dev, dtype) for t in ts]) if ts else torch.zeros(0, device=dev, dtype=dtype)  # noqa: E731
+        with torch.no_grad():
+            self._base = flat([s.base for s in segments])
+            self._dirs = torch.stack([flat([s.dirs[i] for s in segments]) for i in range(self.n_dirs)])
         self._flat = torch.empty_like(self._base)
-        views, start = [], 0
-        for b, _ in segments:
-            stop = start + b.numel()
-            views.append((slice(start, stop), b.shape))
-            start = stop
-        seg = lambda t, k: t[views[k][0]].view(views[k][1])  # noqa: E731 - view of segment k of a flat tensor
-        self.moving = [(name, p, seg(self._base, k), [seg(self._dirs[i], k) for i in range(self.n_dirs)],
-                        seg(self._flat, k)) for k, (name, p) in enumerate(moving)]
-        self.parts = None
-        if parts is not None:
-            k = len(segments) - 1
-            self.parts = [seg(self._base, k)] + [seg(self._dirs[i], k) for i in range(self.n_dirs)]
-            self._buffer = seg(self._flat, k)
+        self._views = self._split(self._flat)
 
-    def _shortcut_parameters(self) -> set[str]:
-        """Names of the parameters whose effect the precomputed parts already contain."""
-        if self.first is None:
-            return set()
-        mods = [(self.first.name, self.first.module)] + ([(self.first.bn_name, self.first.bn)] if self.first.bn else [])
-        return {f"{name}.{k}" if name else k for name, mod in mods for k, _ in mod.named_parameters()}
+    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [flat[a:b].view(shape) for a, b, shape in zip(self._bounds[:-1], self._bounds[1:], self._shapes)]
 
-    @staticmethod
-    def _moves(prefix: str, module: nn.Module, dvec: list[dict[str, torch.Tensor]]) -> bool:
-        names = [f"{prefix}.{k}" if prefix else k for k, _ in module.named_parameters()]
-        return any(bool(d[n].any()) for d in dvec for n in names)
-
-    def _fits_budget(self) -> bool:
-        with torch.inference_mode():
-            out = self.first.apply(self.first.module.weight, self.first.module.bias)
-        return out.numel() * out.element_size() * (self.n_dirs + 1) <= SHORTCUT_BUDGET_BYTES
-
-    def _first_layer_parts(self, dvec: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-        """``[layer(X; W0, b0), layer(X; D1w, D1b), ...]``: the layer output is their linear combination."""
-        mod, prefix = self.first.module, (self.first.name + "." if self.first.name else "")
-        with torch.inference_mode():
-            parts = [self.first.apply(mod.weight, mod.bias)]
-            for d in dvec:
-                bias = d.get(prefix + "bias") if mod.bias is not None else None
-                parts.append(self.first.apply(d[prefix + "weight"], bias))
-            if self.first.bn is not None:
-                # eval batchnorm is y = s * z + t per channel: BN(Z0 + a Z1 + b Z2) = BN(Z0) + a s Z1 + b s Z2
-                scale = self.first.bn_scale(parts[0])
-                parts = [self.first.bn(parts[0])] + [p * scale for p in parts[1:]]
-        return parts
+    def _output(self, k: int) -> torch.Tensor:
+        """The first layer's precomputed output (of the current data batch)."""
+        return self._views[k] if self._slice is None else self._views[k][self._slice]
 
     @contextlib.contextmanager
     def _patched(self):
-        """Swap the first layer's forward for the precomputed combination; restore weights and forward after."""
-        patches = []
-        if self.first is not None:
-            patches.append((self.first.module, self._first_layer_output))
-            if self.first.bn is not None:
-                patches.append((self.first.bn, _identity))  # folded into the parts
-        saved = [(m, m.__dict__.get("forward")) for m, _ in patches]
-        for module, fn in patches:
+        """Install the replacement forwards and point moving parameters at their segments; undo after."""
+        saved_forward = [(m, m.__dict__.get("forward")) for m, _ in self.patches]
+        saved_data = [(p, p.data) for p, _ in self._swapped]
+        for module, fn in self.patches:
             module.forward = fn
-        originals = [(p, p.data) for _, p, _, _, _ in self.moving]
-        for _, p, _, _, view in self.moving:
-            p.data = view  # the parameter now reads its segment of the flat vector
+        for p, k in self._swapped:
+            p.data = self._views[k]
         try:
             yield
         finally:
-            for module, own in saved:
+            for module, own in saved_forward:
                 if own is None:
                     del module.forward  # back to the class's method
                 else:
                     module.forward = own
-            for p, data in originals:
-                p.data = data  # the original storage was never written: the weights are back as they were
+            for p, data in saved_data:
+                p.data = data  # the original storage was never written
 
-    def _first_layer_output(self, inp: torch.Tensor) -> torch.Tensor:
-        return self._combination if self._slice is None else self._combination[self._slice]
-
-    def _place(self, c: list[float]) -> None:
-        if self._base.numel():
-            torch.add(self._base, self._dirs[0], alpha=c[0], out=self._flat)
-            for d, ci in zip(self._dirs[1:], c[1:]):
-                self._flat.add_(d, alpha=ci)
-        if self.parts is not None:
-            self._combination = self._buffer  # the first layer's output at this point (a segment of flat)
-
+    # -- evaluation ----------------------------------------------------------------------------
     def _batches(self, objective) -> tuple[torch.Tensor, ...]:
         """``(mean loss, correct count[, mean ce])`` over the data, one batch or several."""
         n = len(self.y)
@@ -276,41 +339,46 @@ class GridEvaluator:
             # the losses are batch means: weight them by the batch size; the correct count adds up as it is
             out = [v.double() * (1 if k == 1 else nb) for k, v in enumerate(out)]
             sums = out if sums is None else [a + b for a, b in zip(sums, out)]
+        self._slice = None
         return tuple(v if k == 1 else v / n for k, v in enumerate(sums))
 
     def _one(self, c: list[float]) -> tuple[torch.Tensor, ...]:
-        self._place(c)
+        if self._base.numel():
+            torch.add(self._base, self._dirs[0], alpha=c[0], out=self._flat)
+            for d, ci in zip(self._dirs[1:], c[1:]):
+                self._flat.add_(d, alpha=ci)
         return self._batches(self.objective)
 
-    # -- several points per launch (CUDA) ------------------------------------------------------
     def _vmapped(self, coords: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from torch.func import functional_call, vmap
 
-        moving = {"model." + name: (base, ds) for name, _, base, ds, _ in self.moving}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        swapped = [("model." + names[id(p)], k) for p, k in self._swapped]
+        loop_views = self._views
 
         def at(c: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            params = {}
-            for name, (base, ds) in moving.items():
-                w = base + c[0] * ds[0]
-                for d, ci in zip(ds[1:], c[1:]):
-                    w = w + ci * d
-                params[name] = w
-            if self.parts is not None:
-                comb = self.parts[0] + c[0] * self.parts[1]
-                for part, ci in zip(self.parts[2:], c[1:]):
-                    comb = comb + ci * part
-                self._combination = comb
+            self._views = self._split(self._base + c @ self._dirs)  # this point's segments (batched by vmap)
+            params = {name: self._views[k] for name, k in swapped}
             return self._batches(lambda xb, yb: functional_call(self.objective, params, (xb, yb), strict=False))
 
-        return vmap(at)(coords)
+        try:
+            return vmap(at)(coords)
+        finally:
+            self._views = loop_views
 
-    # -- public --------------------------------------------------------------------------------
-    def __call__(self, coords: np.ndarray) -> dict[str, np.ndarray]:
-        """Values at ``coords`` (``(k, n_dirs)``): ``{"loss", "accuracy"[, "ce_loss"]}`` arrays of length k.
+    def _agrees_with_plain(self) -> bool:
+        """Compare the shortcut path with a plain evaluation of offset weights at one point off the axes."""
+        from torch.func import functional_call
 
-        Points where the loss diverges give inf/NaN, never an exception.
-        """
-        coords = np.atleast_2d(np.asarray(coords, dtype=np.float64))
+        c = [0.05 * (i + 1) * (-1) ** i for i in range(self.n_dirs)]
+        fast = float(self._evaluate(np.array([c]))["loss"][0])
+        params = {"model." + n: p.detach() + sum(ci * d[n] for ci, d in zip(c, self._dvec))
+                  for n, p in self.model.named_parameters()}
+        with torch.inference_mode():
+            plain = float(self._batches(lambda xb, yb: functional_call(self.objective, params, (xb, yb), strict=False))[0])
+        return bool(np.isclose(fast, plain, rtol=SELF_CHECK_RTOL, atol=1e-7) or not (np.isfinite(fast) and np.isfinite(plain)))
+
+    def _evaluate(self, coords: np.ndarray) -> dict[str, np.ndarray]:
         columns: list[list[torch.Tensor]] = [[] for _ in self.fields]
         with torch.inference_mode(), self._patched():
             if self.ppb > 1:
@@ -326,6 +394,13 @@ class GridEvaluator:
             values = [torch.stack(col).double().cpu().numpy() for col in columns]
         values[1] = values[1] / len(self.y)  # correct counts -> accuracy
         return dict(zip(self.fields, values))
+
+    def __call__(self, coords: np.ndarray) -> dict[str, np.ndarray]:
+        """Values at ``coords`` (``(k, n_dirs)``): ``{"loss", "accuracy"[, "ce_loss"]}`` arrays of length k.
+
+        Points where the loss diverges give inf/NaN, never an exception.
+        """
+        return self._evaluate(np.atleast_2d(np.asarray(coords, dtype=np.float64)))
 
 
 def evaluate_points(model: nn.Module, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor, dirs: Directions,
