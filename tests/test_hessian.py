@@ -225,3 +225,20 @@ def test_agrees_with_pyhessian_eigenvalues_and_trace(tiny, op64, spectrum):
     assert abs(samples.mean() - spectrum.sum()) < 4 * peer_err
     est = ls.hessian_trace(ck, data, n_probes=200, seed=0)
     assert abs(est.trace - spectrum.sum()) < 4 * est.stderr
+
+
+@pytest.mark.gpu
+def test_cuda_extremes_and_map_match_cpu(tiny_checkpoint, digits_test):
+    path = tiny_checkpoint("mlp", hidden=[8], epochs=2)
+    data = digits_test.subset(60, seed=0)
+    cpu, gpu = ls.load_checkpoint(path, device="cpu"), ls.load_checkpoint(path, device="cuda")
+    a = ls.hessian_extremes(cpu, data, dtype=torch.float64)
+    b = ls.hessian_extremes(gpu, data, dtype=torch.float64)
+    assert b.vectors.is_cuda
+    assert b.lam_min == pytest.approx(a.lam_min, rel=1e-6) and b.lam_max == pytest.approx(a.lam_max, rel=1e-6)
+    dirs = ls.random_directions(cpu.model, n=2, seed=0)
+    kw = dict(x=(-0.5, 0.5, 2), y=(-0.5, 0.5, 2), dtype=torch.float64, progress=False)
+    np.testing.assert_allclose(ls.eigen_ratio_map(gpu, data, dirs, **kw).ratio,
+                               ls.eigen_ratio_map(cpu, data, dirs, **kw).ratio, atol=1e-6)
+    assert ls.hessian_trace(gpu, data, n_probes=10, dtype=torch.float64).trace == pytest.approx(
+        ls.hessian_trace(cpu, data, n_probes=10, dtype=torch.float64).trace, rel=1e-8)
