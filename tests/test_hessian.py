@@ -242,3 +242,22 @@ def test_cuda_extremes_and_map_match_cpu(tiny_checkpoint, digits_test):
                                ls.eigen_ratio_map(cpu, data, dirs, **kw).ratio, atol=1e-6)
     assert ls.hessian_trace(gpu, data, n_probes=10, dtype=torch.float64).trace == pytest.approx(
         ls.hessian_trace(cpu, data, n_probes=10, dtype=torch.float64).trace, rel=1e-8)
+
+
+def test_li_eigsh_recipe_in_the_benchmark_finds_both_extremes(op64, spectrum):
+    from landscape.benchmarks.hessian import li_eigsh
+
+    lo, hi = li_eigsh(op64)
+    assert hi == pytest.approx(spectrum[-1], rel=1e-2)
+    assert abs(lo - spectrum[0]) <= 1e-2 * spectrum[-1]
+
+
+def test_matrices_only_map_uses_the_weight_hessian(tiny):
+    ck, data = tiny
+    emap = ls.eigen_ratio_map(ck, data, plane(ck), x=[0.0], y=[0.0], params="matrices", dtype=torch.float64,
+                              progress=False)
+    ev = torch.linalg.eigvalsh(HessianOperator.from_checkpoint(ck, data, params="matrices",
+                                                               dtype=torch.float64).dense()).numpy()
+    assert emap.lam_max[0, 0] == pytest.approx(ev[-1], rel=1e-6)
+    assert abs(emap.lam_min[0, 0] - ev[0]) <= 1e-3 * ev[-1]
+    assert emap.meta["params"] == "matrices"

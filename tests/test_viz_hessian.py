@@ -117,3 +117,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("landscape hessian: error:") and len(err.strip().splitlines()) == 1
     assert main(["hessian", "x.safetensors", "--grid", "0", "--out", str(tmp_path)]) == 2
     assert "--grid" in capsys.readouterr().err
+
+
+def test_bench_hessian_prints_every_method(tiny_checkpoint, capsys):
+    path = tiny_checkpoint("mlp", hidden=[8], epochs=2)
+    assert main(["bench", "hessian", "--checkpoint", str(path), "--grid", "1", "--samples", "30", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    assert {"engine", "engine-cold", "li-eigsh", "pyhessian"} <= set(rows)
+    assert float(rows["engine"][3]) <= 0.01 and float(rows["li-eigsh"][3]) <= 0.01  # ratio errors vs dense
+    assert rows["pyhessian"][3] == "n/a"
