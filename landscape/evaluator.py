@@ -294,6 +294,7 @@ class GridEvaluator:
         with torch.no_grad():
             self._base = flat([s.base for s in segments])
             self._dirs = torch.stack([flat([s.dirs[i] for s in segments]) for i in range(self.n_dirs)])
+        self._dir_rows = list(self._dirs)  # indexed once here, not at every point
         self._flat = torch.empty_like(self._base)
         self._views = self._split(self._flat)
 
@@ -344,8 +345,9 @@ class GridEvaluator:
 
     def _one(self, c: list[float]) -> tuple[torch.Tensor, ...]:
         if self._base.numel():
-            torch.add(self._base, self._dirs[0], alpha=c[0], out=self._flat)
-            for d, ci in zip(self._dirs[1:], c[1:]):
+            first, *rest = self._dir_rows
+            torch.add(self._base, first, alpha=c[0], out=self._flat)
+            for d, ci in zip(rest, c[1:]):
                 self._flat.add_(d, alpha=ci)
         return self._batches(self.objective)
 
