@@ -250,7 +250,7 @@ def compare(surfs: Sequence, titles: Sequence[str] | None = None, levels=None, *
         raise ArgumentError(f"{len(titles)} titles for {len(surfs)} surfaces.")
     shared = levels_for([_field(s, field) for s in surfs], n_levels, log) if levels is None \
         else np.asarray(levels, dtype=np.float64)
-    fig, axes = plt.subplots(1, len(surfs), figsize=(4.6 * len(surfs), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(surfs), figsize=(4.6 * len(surfs), 4.2), squeeze=False, layout="constrained")
     panels = []
     for ax, s, t in zip(axes[0], surfs, titles):
         v = draw_contour(ax, s, shared, field=field, log=log, filled=filled)
