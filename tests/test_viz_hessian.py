@@ -93,7 +93,7 @@ def test_spectral_density_plot_draws_the_density():
         plot.close()
 
 
-def test_cli_writes_map_figures_and_resumes(tmp_path, tiny_checkpoint, capsys):
+def test_cli_writes_the_map_the_contour_surface_and_figures(tmp_path, tiny_checkpoint, capsys):
     path = tiny_checkpoint("mlp", hidden=[8], epochs=2)
     out = tmp_path / "run"
     args = ["hessian", str(path), "--grid", "3x2", "--subset", "40", "--contour-grid", "5", "--out", str(out),
