@@ -45,18 +45,19 @@ class Directions(Result):
         Parameter names in that order.
     shapes : list of list of int
         Parameter shapes in that order.
-    coords : np.ndarray
-        ``(T, n)`` coordinates of the trajectory on these directions (PCA directions only;
-        empty otherwise).
     meta : dict
         ``kind`` ("random", "between", "pca"), ``seed``, ``norm``, ``ignore`` and kind-specific entries.
+    coords : np.ndarray
+        Keyword-only: ``(T, n)`` coordinates of the trajectory on these directions (PCA
+        directions only; empty otherwise).
     """
 
     vectors: np.ndarray
     names: list
     shapes: list
-    coords: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
     meta: dict = dataclasses.field(default_factory=dict)
+    # keyword-only, so that Directions(vectors, names, shapes, meta) keeps the contract's order
+    coords: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32), kw_only=True)
 
     def __post_init__(self):
         self.vectors = np.atleast_2d(np.asarray(self.vectors, dtype=np.float32))
