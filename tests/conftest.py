@@ -68,3 +68,13 @@ def tiny_checkpoint(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def default_report(tmp_path_factory):
+    """The default report (reports/default.toml) rendered once per session into a temporary folder."""
+    from viz.report import build_report
+
+    out_root = tmp_path_factory.mktemp("reports")
+    report = build_report(ROOT / "reports" / "default.toml", out_root=out_root, quiet=True, root=ROOT)
+    return {"out": out_root / report["name"], "report": report}

@@ -1,0 +1,147 @@
+"""The report builder: spec validation with line numbers, outputs, caching, and the default report's goldens."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from landscape.errors import SpecError
+from landscape.testing import assert_plotted_values
+from tests.conftest import ROOT
+from tests.test_cli import run_cli
+from viz.report import KINDS, build_report, load_spec
+
+GOLDEN = ROOT / "tests" / "golden" / "default"
+
+SMALL = """\
+name = "small"
+data = "digits"
+seed = 0
+
+[models]
+ce = "trained_models/mlp-ce.safetensors"
+mam = "trained_models/mlp-mam-softmax.safetensors"
+
+[[figure]]
+id = "contours"
+kind = "contour"
+models = ["ce", "mam"]
+grid = {grid}
+subset = 60
+
+[[figure]]
+kind = "phenotype_curves"
+losses = ["A2", "CE"]
+{style}
+"""
+
+
+def write_spec(tmp_path, text, name="spec.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("edit,line,msg", [
+    (("kind = \"phenotype_curves\"", "kind = \"phenotype_curvez\""), 17, "unknown figure kind 'phenotype_curvez'"),
+    (("grid = 5", "grid = 5\ncolour = \"red\""), 14, "has no option 'colour'"),
+    (("models = [\"ce\", \"mam\"]", "models = [\"ce\", \"adma\"]"), 12, "names model 'adma'"),
+    (("seed = 0", "seed = 0\nthreads = 4"), 4, "unknown top-level key 'threads'"),
+    (("grid = 5", "grid = = 5"), 13, "Invalid|Expected|line 13"),
+])
+def test_spec_errors_name_the_line_before_any_work(tmp_path, edit, line, msg):
+    text = SMALL.format(grid=5, style="").replace(*edit)
+    spec = write_spec(tmp_path, text)
+    with pytest.raises(SpecError, match=msg) as info:
+        build_report(spec, out_root=tmp_path / "out", quiet=True, root=ROOT)
+    assert f"line {line}" in str(info.value)
+    assert not (tmp_path / "out").exists(), "work started before the spec was validated"
+
+
+def test_missing_checkpoint_is_a_spec_error(tmp_path):
+    spec = write_spec(tmp_path, SMALL.format(grid=5, style="").replace("mlp-ce", "mlp-nope"))
+    with pytest.raises(SpecError, match="model 'ce' points to trained_models/mlp-nope.safetensors"):
+        build_report(spec, out_root=tmp_path / "out", quiet=True, root=ROOT)
+
+
+def test_cli_spec_error_exits_2(tmp_path):
+    spec = write_spec(tmp_path, SMALL.format(grid=5, style="").replace("kind = \"contour\"", "kind = \"contor\""))
+    proc = run_cli("report", spec, "--out", tmp_path / "out", "--quiet")
+    assert proc.returncode == 2
+    assert "line 11" in proc.stderr and "Did you mean" not in proc.stderr or "contour" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_outputs_and_caching(tmp_path):
+    spec = write_spec(tmp_path, SMALL.format(grid=5, style=""))
+    first = build_report(spec, out_root=tmp_path, quiet=True, root=ROOT)
+    out = tmp_path / "small"
+    assert (out / "index.html").exists() and (out / "report.json").exists()
+    rec = {r["id"]: r for r in first["figures"]}
+    assert set(rec) == {"contours", "02-phenotype_curves"}
+    for r in first["figures"]:
+        for f in r["files"]:
+            assert (out / f).exists(), f
+        assert r["caption"]
+    assert [m["digest"] for m in rec["contours"]["models"]] and rec["contours"]["options"]["grid"] == 5
+    assert all(not c["cached"] for c in rec["contours"]["cache"])
+    values = json.loads((out / "contours.json").read_text())["values"]
+    assert values  # the plotted numbers are written beside the figure
+
+    # a style change recomputes nothing
+    spec2 = write_spec(tmp_path, SMALL.format(grid=5, style="reference = \"CE\"").replace(
+        "subset = 60", "subset = 60\nlog = true"), "spec2.toml")
+    second = build_report(spec2, out_root=tmp_path, quiet=True, root=ROOT)
+    assert all(c["cached"] for r in second["figures"] for c in r["cache"])
+    # a changed input recomputes only what depends on it
+    spec3 = write_spec(tmp_path, SMALL.format(grid=7, style=""), "spec3.toml")
+    third = {r["id"]: r for r in build_report(spec3, out_root=tmp_path, quiet=True, root=ROOT)["figures"]}
+    assert all(not c["cached"] for c in third["contours"]["cache"])
+    assert all(c["cached"] for c in third["02-phenotype_curves"]["cache"])
+
+
+def test_every_kind_is_in_the_default_report():
+    spec, _ = load_spec(ROOT / "reports" / "default.toml")
+    used = {f["kind"] for f in spec["figure"]}
+    assert used == set(KINDS), f"kinds missing from the default report: {set(KINDS) - used}"
+    files = {Path(m).name for m in spec["models"].values()}
+    assert {"mlp-ce.safetensors", "mlp-mam-softmax.safetensors", "mlp-a2.safetensors"} <= files
+
+
+@pytest.mark.slow
+def test_default_report_structure(default_report):
+    out, report = default_report["out"], default_report["report"]
+    index = (out / "index.html").read_text()
+    for r in report["figures"]:
+        assert f'id="{r["id"]}"' in index
+        for f in r["files"]:
+            assert (out / f).exists()
+            if not f.endswith(".json"):
+                assert f in index
+    assert json.loads((out / "report.json").read_text())["figures"][0]["models"][0]["digest"]
+
+
+def _golden_files():
+    return sorted(GOLDEN.glob("*.json")) if GOLDEN.exists() else []
+
+
+@pytest.mark.slow
+def test_default_report_plotted_values_match_goldens(default_report):
+    """Pins every number the default report plots (update: LANDSCAPE_UPDATE_GOLDEN=1, see README)."""
+    import os
+
+    out = default_report["out"]
+    produced = sorted(p for p in out.glob("*.json") if p.name != "report.json")
+    assert produced
+    update = os.environ.get("LANDSCAPE_UPDATE_GOLDEN", "") not in ("", "0")
+    if not update:
+        missing = {p.name for p in produced} - {g.name for g in _golden_files()}
+        assert not missing, f"no golden for {sorted(missing)}; create them with LANDSCAPE_UPDATE_GOLDEN=1"
+    for path in produced:
+        values = json.loads(path.read_text())["values"]
+        # t-SNE coordinates amplify last-bit differences; everything else is pinned tightly
+        loose = path.stem.startswith(("tsne", "hypersphere"))
+        assert_plotted_values(values, GOLDEN / path.name, rtol=1e-3 if loose else 1e-4,
+                              atol=1e-3 if loose else 1e-6)

@@ -1,0 +1,30 @@
+"""``landscape report [SPEC.toml]``: render every figure of a report spec into reports/<name>/."""
+from __future__ import annotations
+
+import argparse
+
+from viz.cli import add_common
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="render a report spec (default: reports/default.toml)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  landscape report\n  landscape report reports/default.toml --only contour\n"
+                              "  landscape report --kinds   # list figure kinds and their options")
+    p.add_argument("spec", nargs="?", default="reports/default.toml", help="report spec (TOML)")
+    p.add_argument("--only", nargs="+", metavar="ID_OR_KIND", help="render only these figures")
+    p.add_argument("--kinds", action="store_true", help="list the figure kinds and their options, then exit")
+    add_common(p, out="reports")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from viz.report import KINDS, build_report
+
+    if args.kinds:
+        for k in KINDS.values():
+            opts = ", ".join(f"{o}={v!r}" for o, v in k.options().items())
+            print(f"{k.name:22s} {k.help}\n{'':22s} options: {opts}")
+        return 0
+    build_report(args.spec, out_root=args.out, device=args.device, quiet=args.quiet, only=args.only)
+    return 0

@@ -1,0 +1,264 @@
+"""Figure kinds of the report builder: what each computes (through ``landscape``) and how it draws.
+
+Each kind is a ``compute(ctx, opts) -> {key: Result}`` and a ``draw(results, opts, ctx)
+-> {suffix: Plot}`` pair registered with :func:`viz.report.kind`. Compute options change
+numbers and are part of the cache key; style options only change the drawing.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import landscape as ls
+from landscape.directions import random_directions
+
+from .embedding import embedding_grid, hypersphere_grid, stats_table
+from .gradcam import gradcam_compare, gradcam_grid
+from .hessian import eigen_ratio, spectral_density
+from .phenotype import phenotype_curves, phenotype_difference, phenotype_surface
+from .report import Context, kind
+from .surface import compare, curve, surface3d
+
+
+def _grid(opts: dict, key: str = "grid") -> tuple:
+    lo, hi = opts["range"]
+    return (float(lo), float(hi), int(opts[key]))
+
+
+def _surface(ctx: Context, name: str, opts: dict, grid_key: str = "grid") -> ls.Result:
+    """The loss surface of model ``name`` on the spec's data (cached by digest, data, seed and grid)."""
+    ck = ctx.checkpoint(name)
+    g = _grid(opts, grid_key)
+    inputs = {"ck": ck.digest, "data": ctx.data_spec, "seed": ctx.seed, "grid": g, "subset": opts.get("subset")}
+
+    def compute():
+        dirs = random_directions(ck.model, n=2, seed=ctx.seed)
+        return ls.surface(ck, ctx.data("test"), dirs, x=g, y=g, n_samples=opts.get("subset"), seed=ctx.seed,
+                          progress=not ctx.quiet and None)
+
+    return ctx.cached("surface", inputs, compute)
+
+
+# -- loss landscapes ------------------------------------------------------------------------
+def _contour_compute(ctx, opts):
+    return {m: _surface(ctx, m, opts) for m in opts["models"]}
+
+
+def _contour_draw(results, opts, ctx):
+    names = list(results)
+    return {"": compare([results[m] for m in names], titles=names, log=opts["log"], n_levels=opts["n_levels"])}
+
+
+kind("contour", "Loss contours around the trained weights (filter-normalised random plane)",
+     {"grid": 31, "range": [-1.0, 1.0], "subset": None},
+     {"log": False, "n_levels": 20})((_contour_compute, _contour_draw))
+
+
+def _surface3d_draw(results, opts, ctx):
+    name = next(iter(results))
+    surf = results[name]
+    return {"": surface3d(surf, interactive=True, log=opts["log"]),
+            "static": surface3d(surf, interactive=False, log=opts["log"])}
+
+
+kind("surface3d", "3D loss surface (interactive and static)", {"grid": 31, "range": [-1.0, 1.0], "subset": None},
+     {"log": False})((_contour_compute, _surface3d_draw))
+
+
+def _interp_compute(ctx, opts):
+    out = {}
+    for m in opts["models"]:
+        ck = ctx.checkpoint(m)
+        lo, hi = opts["range"]
+        inputs = {"ck": ck.digest, "data": ctx.data_spec, "seed": ctx.seed, "steps": opts["steps"], "range": [lo, hi]}
+        out[m] = ctx.cached("curve", inputs, lambda ck=ck, lo=lo, hi=hi: ls.interpolate(
+            ck, None, ctx.data("test"), steps=int(opts["steps"]), t=np.linspace(lo, hi, int(opts["steps"])),
+            seed=ctx.seed, progress=False))
+    return out
+
+
+def _interp_draw(results, opts, ctx):
+    return {m: curve(c, log=opts["log"], title=f"{m}: 1D interpolation") for m, c in results.items()}
+
+
+kind("interpolation", "1D loss and accuracy along a filter-normalised random direction",
+     {"steps": 51, "range": [-1.0, 1.0]}, {"log": False})((_interp_compute, _interp_draw))
+
+
+# -- Hessian ------------------------------------------------------------------------------
+def _eigen_compute(ctx, opts):
+    out = {}
+    for m in opts["models"]:
+        ck = ctx.checkpoint(m)
+        g = _grid(opts)
+        inputs = {"ck": ck.digest, "data": ctx.data_spec, "seed": ctx.seed, "grid": g, "subset": opts["subset"],
+                  "tol": opts["tol"]}
+
+        def compute(ck=ck, g=g):
+            dirs = random_directions(ck.model, n=2, seed=ctx.seed)
+            return ls.eigen_ratio_map(ck, ctx.data("test"), dirs, x=g, y=g, subset=opts["subset"], seed=ctx.seed,
+                                      tol=opts["tol"], progress=not ctx.quiet and None)
+
+        out[f"{m}/eigen"] = ctx.cached("eigenmap", inputs, compute)
+        out[f"{m}/surface"] = _surface(ctx, m, {**opts, "grid": opts["contour_grid"]})
+    return out
+
+
+def _eigen_draw(results, opts, ctx):
+    plots = {}
+    for m in opts["models"]:
+        plots[m] = eigen_ratio(results[f"{m}/eigen"], results[f"{m}/surface"], title=f"{m}: Hessian eigenvalue ratio")
+    return plots
+
+
+kind("eigen_ratio", "Hessian eigenvalue-ratio |lambda_min/lambda_max| maps beside the loss contour",
+     {"grid": 11, "range": [-1.0, 1.0], "subset": None, "tol": 1e-3, "contour_grid": 31}, {})(
+    (_eigen_compute, _eigen_draw))
+
+
+def _density_compute(ctx, opts):
+    out = {}
+    for m in opts["models"]:
+        ck = ctx.checkpoint(m)
+        inputs = {"ck": ck.digest, "data": ctx.data_spec, "seed": ctx.seed, "probes": opts["probes"],
+                  "steps": opts["steps"], "subset": opts["subset"]}
+        out[m] = ctx.cached("density", inputs, lambda ck=ck: ls.spectral_density(
+            ck, ctx.data("test"), n_probes=int(opts["probes"]), steps=int(opts["steps"]), seed=ctx.seed,
+            subset=opts["subset"]))
+    return out
+
+
+def _density_draw(results, opts, ctx):
+    return {m: spectral_density(d, log=opts["log"], title=f"{m}: Hessian spectrum") for m, d in results.items()}
+
+
+kind("spectral_density", "Hessian spectral density (stochastic Lanczos quadrature)",
+     {"probes": 4, "steps": 60, "subset": None}, {"log": True})((_density_compute, _density_draw))
+
+
+# -- feature geometry ---------------------------------------------------------------------
+def _features(ctx, m, opts):
+    ck = ctx.checkpoint(m)
+    inputs = {"ck": ck.digest, "data": ctx.data_spec, "split": opts["split"], "layer": opts["layer"]}
+    return ctx.cached("features", inputs, lambda: ls.extract_features(ck, ctx.data(opts["split"]), layer=opts["layer"]))
+
+
+def _tsne_compute(ctx, opts):
+    out = {}
+    for m in opts["models"]:
+        feat = _features(ctx, m, opts)
+        inputs = {"ck": ctx.checkpoint(m).digest, "data": ctx.data_spec, "split": opts["split"],
+                  "layer": opts["layer"], "seed": ctx.seed, "perplexity": opts["perplexity"]}
+        out[m] = ctx.cached("tsne", inputs, lambda feat=feat: ls.tsne(feat, seed=ctx.seed,
+                                                                     perplexity=float(opts["perplexity"])))
+        out[f"{m}/features"] = feat
+    return out
+
+
+def _stats(results, opts):
+    from landscape.embedding import compare_stats
+
+    return compare_stats({m: results[f"{m}/features"] for m in opts["models"]})
+
+
+def _tsne_draw(results, opts, ctx):
+    table = _stats(results, opts)
+    return {"": embedding_grid({m: results[m] for m in opts["models"]}, table=table,
+                                    point_size=opts["point_size"])}
+
+
+kind("tsne", "t-SNE maps of the penultimate features, with quality and angular statistics",
+     {"split": "test", "layer": None, "perplexity": 30.0}, {"point_size": 8.0})((_tsne_compute, _tsne_draw))
+
+
+def _sphere_compute(ctx, opts):
+    out = {}
+    for m in opts["models"]:
+        feat = _features(ctx, m, opts)
+        out[f"{m}/features"] = feat
+        inputs = {"ck": ctx.checkpoint(m).digest, "data": ctx.data_spec, "split": opts["split"],
+                  "layer": opts["layer"], "dim": opts["dim"], "projection": opts["projection"], "seed": ctx.seed}
+        out[m] = ctx.cached("sphere", inputs, lambda feat=feat: ls.hypersphere(
+            feat, dim=int(opts["dim"]), projection=opts["projection"], seed=ctx.seed))
+    return out
+
+
+def _sphere_draw(results, opts, ctx):
+    spheres = {m: results[m] for m in opts["models"]}
+    return {"": hypersphere_grid(spheres, interactive=False, table=True),
+            "interactive": hypersphere_grid(spheres, interactive=True, table=False),
+            "stats": stats_table(_stats(results, opts))}
+
+
+kind("hypersphere", "Features on the unit sphere per class, with angular statistics",
+     {"split": "test", "layer": None, "dim": 3, "projection": "auto"}, {})((_sphere_compute, _sphere_draw))
+
+
+# -- loss phenotypes ----------------------------------------------------------------------
+def _phenotype(ctx, loss, resolution):
+    return ctx.cached("phenotype", {"loss": loss, "resolution": resolution},
+                      lambda: ls.phenotype(loss, resolution=int(resolution)))
+
+
+def _curves_compute(ctx, opts):
+    return {loss: _phenotype(ctx, loss, opts["resolution"]) for loss in opts["losses"]}
+
+
+def _curves_draw(results, opts, ctx):
+    return {"": phenotype_curves(list(results.values()), reference=opts["reference"], title=opts["title"] or None)}
+
+
+kind("phenotype_curves", "Binary phenotypes (y = 1) of loss functions, raw and normalised",
+     {"losses": ["A2", "CE"], "resolution": 51}, {"reference": "auto", "title": ""},
+     uses_models=False)((_curves_compute, _curves_draw))
+
+
+def _surface_ph_compute(ctx, opts):
+    return {"ph": _phenotype(ctx, opts["loss"], opts["resolution"])}
+
+
+def _surface_ph_draw(results, opts, ctx):
+    ph = results["ph"]
+    return {"": phenotype_surface(ph, interactive=True, normalized=opts["normalized"]),
+            "static": phenotype_surface(ph, interactive=False, normalized=opts["normalized"])}
+
+
+kind("phenotype_surface", "3D phenotype of a loss over (y, yh)", {"loss": "A2", "resolution": 51},
+     {"normalized": False}, uses_models=False)((_surface_ph_compute, _surface_ph_draw))
+
+
+def _diff_compute(ctx, opts):
+    key = {"a": opts["a"], "b": opts["b"], "resolution": opts["resolution"]}
+    return {"diff": ctx.cached("phenotype-diff", key, lambda: ls.phenotype_difference(
+        opts["a"], opts["b"], resolution=int(opts["resolution"])))}
+
+
+def _diff_draw(results, opts, ctx):
+    return {"": phenotype_difference(results["diff"], interactive=False)}
+
+
+kind("phenotype_difference", "Difference of normalised phenotypes (seed 003 Fig. 8)",
+     {"a": "A2", "b": "CE", "resolution": 51}, {}, uses_models=False)((_diff_compute, _diff_draw))
+
+
+# -- Grad-CAM -----------------------------------------------------------------------------
+def _cam_compute(ctx, opts):
+    data = ctx.data("test").subset(int(opts["images"]), seed=ctx.seed)
+    out = {}
+    for m in opts["models"]:
+        ck = ctx.checkpoint(m)
+        inputs = {"ck": ck.digest, "data": ctx.data_spec, "images": opts["images"], "seed": ctx.seed,
+                  "method": opts["method"], "layer": opts["layer"]}
+        out[m] = ctx.cached("cam", inputs, lambda ck=ck: ls.gradcam(ck, data, target_layer=opts["layer"],
+                                                                    method=opts["method"]))
+    return out
+
+
+def _cam_draw(results, opts, ctx):
+    plots = {m: gradcam_grid(cam, max_images=int(opts["images"])) for m, cam in results.items()}
+    if len(results) > 1:
+        plots[""] = gradcam_compare(results, max_images=int(opts["images"]), guided=True)
+    return plots
+
+
+kind("gradcam", "Grad-CAM heat maps and Guided Grad-CAM of the same test images",
+     {"images": 6, "method": "guided-gradcam", "layer": None}, {})((_cam_compute, _cam_draw))
