@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits", help="dataset spec (default: digits, test split)")
     parser.add_argument("--samples", type=int, default=None, help="seeded subset size (default: the whole split)")
     parser.add_argument("--grid", type=int, default=51, help="points per axis (default: 51)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="rounds; each method's best round is reported (default: 3)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="rounds; each method's best and median round are reported (default: 5)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's default); 1 is steadier on a shared machine")
     parser.add_argument("--no-peer", action="store_true", help="skip loss_landscapes")
@@ -102,19 +102,19 @@ def li_loop(model, criterion, x, y, dirs, xs, ys, batch_size: int = 128) -> np.n
     return loss
 
 
-def _interleaved(methods: dict, repeat: int) -> tuple[dict[str, float], dict]:
-    """Best time of each method over ``repeat`` rounds, the methods taking turns within a round.
+def _interleaved(methods: dict, repeat: int) -> tuple[dict[str, list[float]], dict]:
+    """Times of each method over ``repeat`` rounds, the methods taking turns within a round.
 
     Taking turns spreads the load of a shared machine over all methods alike.
     """
-    best = {name: float("inf") for name in methods}
+    times: dict[str, list[float]] = {name: [] for name in methods}
     outputs = {}
     for _ in range(max(1, repeat)):
         for name, fn in methods.items():
             t0 = time.perf_counter()
             outputs[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best, outputs
+            times[name].append(time.perf_counter() - t0)
+    return times, outputs
 
 
 def run(args) -> int:
@@ -157,16 +157,21 @@ def run(args) -> int:
     rss_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     times, outputs = _interleaved(methods, args.repeat)
     surf, loop = outputs["engine (landscape.surface)"], outputs["loop (Li et al., DataLoader 128)"]
-    t_engine = times["engine (landscape.surface)"]
-    rows = list(times.items())
+    best = {name: min(ts) for name, ts in times.items()}
+    median = {name: float(np.median(ts)) for name, ts in times.items()}
+    t_engine = best["engine (landscape.surface)"]
+    m_engine = median["engine (landscape.surface)"]
 
     print(f"surface benchmark: {ck.name} on {data.name} ({len(data)} samples), {n} x {n} grid, device "
           f"{ck.device}, {torch.get_num_threads()} threads")
     print(f"forward FLOPs per point {flops / 1e6:.2f} M; measured matmul peak {peak:.1f} GFLOP/s")
-    print(f"{'method':36s} {'seconds':>9s} {'ms/point':>9s} {'GFLOP/s':>9s} {'% peak':>7s} {'engine speed-up':>16s}")
-    for name, t in rows:
+    print(f"best of {max(1, args.repeat)} rounds (median in the last column):")
+    print(f"{'method':36s} {'seconds':>9s} {'ms/point':>9s} {'GFLOP/s':>9s} {'% peak':>7s} {'engine speed-up':>16s}"
+          f" {'(median)':>9s}")
+    for name, t in best.items():
         rate = flops * points / t / 1e9
-        print(f"{name:36s} {t:9.3f} {t / points * 1e3:9.3f} {rate:9.2f} {100 * rate / peak:6.1f}% {t / t_engine:15.2f}x")
+        print(f"{name:36s} {t:9.3f} {t / points * 1e3:9.3f} {rate:9.2f} {100 * rate / peak:6.1f}% {t / t_engine:15.2f}x"
+              f" {median[name] / m_engine:8.2f}x")
     print(f"engine vs loop on the same directions: max |loss difference| "
           f"{np.nanmax(np.abs(surf.loss - loop)):.2e} (relative {np.nanmax(np.abs(surf.loss - loop) / np.abs(loop)):.1e})")
     print(f"engine peak memory growth during its run: {max(rss_growth_mb, 0.0):.1f} MB "
