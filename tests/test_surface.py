@@ -13,7 +13,7 @@ from landscape.directions import Directions, offset_parameters
 from landscape.errors import ArgumentError
 from landscape.evaluator import GridEvaluator, first_layer, trace
 from landscape.objective import evaluate
-# Imported from the module: `ls.surface` is shadowed by the submodule once it is imported (see report).
+# the surface API, imported from its module
 from landscape.surface import Surface, interpolate, surface
 
 
