@@ -309,6 +309,17 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
     return Checkpoint(model=model, meta=full, criterion=criterion, device=dev, path=path, digest=_digest(state))
 
 
+def as_checkpoint(ck, device: str | torch.device = "auto") -> Checkpoint:
+    """A :class:`Checkpoint` as it is, or loaded from a path (what every computation accepts)."""
+    if isinstance(ck, Checkpoint):
+        return ck
+    if isinstance(ck, (str, os.PathLike)):
+        return load_checkpoint(ck, device=device)
+    from .errors import ArgumentError
+
+    raise ArgumentError(f"expected a Checkpoint or a checkpoint path, got {type(ck).__name__}.")
+
+
 # -- writing -------------------------------------------------------------------------------
 def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
     """Write weights and meta atomically (a crash never leaves half a file where a good one was).

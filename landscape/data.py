@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +108,15 @@ def load_dataset(spec: str = "digits", split: str = "test") -> Dataset:
     data = _LOADERS[kind](path, split)
     data.name = f"{spec}/{split}"
     return data
+
+
+def as_dataset(data: "Dataset | str", n_samples: int | None = None, seed: int = 0) -> Dataset:
+    """A :class:`Dataset` (a spec string loads its test split), optionally a seeded subset."""
+    if isinstance(data, str):
+        data = load_dataset(data, split="test")
+    if not isinstance(data, Dataset):
+        raise DatasetError(f"data must be a Dataset or a dataset spec string, got {type(data).__name__}.")
+    return data.subset(n_samples, seed=seed)
 
 
 # -- digits --------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ is the one engine both use:
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Mapping
@@ -115,6 +117,10 @@ def run_grid(points: np.ndarray, evaluate: Evaluate, fields: Mapping[str, tuple]
         raise ResumeError(f"{existing[0]} holds progress of an earlier run; pass resume=True (--resume) to continue it, "
                           "or delete it to start over.")
     done, values = _read_progress(existing, fp, n, fields)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank has looked for earlier progress before any rank writes its own
     mine = _progress_path(out, rank, world) if out is not None else None
 
     chunks = [np.arange(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
@@ -152,3 +158,32 @@ def finish(out: str | Path) -> None:
     """Remove the progress files of ``out`` (call after the final result is saved, on rank 0)."""
     for f in progress_files(Path(out)):
         f.unlink(missing_ok=True)
+
+
+# -- helpers shared by the runs built on this engine (surfaces, eigenvalue maps) ------------
+def array_digest(arr: np.ndarray) -> str:
+    """Short SHA-256 of an array's bytes, for run fingerprints."""
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]
+
+
+def result_path(out: str | os.PathLike | None) -> Path | None:
+    """The ``.npz`` path a run's result is saved to (``.npz`` appended when missing)."""
+    if out is None:
+        return None
+    out = Path(out)
+    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+
+
+def save_result(result, out: Path | None) -> None:
+    """Write a run's result on rank 0 and drop its progress files (the result now holds every value)."""
+    if out is None or dist_info()[0] != 0:
+        return
+    result.save(out)
+    finish(out)
+
+
+def plane_meta(ck, data, dirs, seed: int, **extra) -> dict:
+    """Provenance of a run over a plane: checkpoint, data, seed and the directions' layout."""
+    return {"checkpoint": ck.name, "digest": ck.digest, "path": str(ck.path) if ck.path else None,
+            "arch": ck.meta.get("arch"), "loss": ck.meta.get("loss"), "data": data.name, "n_samples": len(data),
+            "seed": seed, "directions": {"names": dirs.names, "shapes": dirs.shapes, "meta": dirs.meta}, **extra}

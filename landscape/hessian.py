@@ -37,6 +37,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
+from . import grid
+from .checkpoint import as_checkpoint
+from .data import as_dataset
 from .errors import ArgumentError
 from .hvp import HessianError, HessianOperator, select_parameters
 from .results import Result
@@ -232,9 +235,8 @@ def extremes(op: HessianOperator, *, tol: float = 1e-3, max_iter: int = 100, min
 def _operator(ck, data, *, subset, seed, params, dtype, batch_size) -> HessianOperator:
     if isinstance(ck, HessianOperator):
         return ck
-    from .surface import _checkpoint, _data
 
-    return HessianOperator.from_checkpoint(_checkpoint(ck), _data(data, subset, seed), params=params, dtype=dtype,
+    return HessianOperator.from_checkpoint(as_checkpoint(ck), as_dataset(data, subset, seed), params=params, dtype=dtype,
                                            batch_size=batch_size)
 
 
@@ -564,12 +566,11 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
     EigenMap
         ``ratio[j, i]`` at ``(x[i], y[j])``, identical on every rank.
     """
-    from . import grid
     from .directions import random_directions
-    from .surface import _checkpoint, _data, _digest, _meta, _out_path, _save, axis
+    from .surface import axis
 
-    ck = _checkpoint(ck)
-    data = _data(data, subset, seed)
+    ck = as_checkpoint(ck)
+    data = as_dataset(data, subset, seed)
     if dirs is None:
         dirs = random_directions(ck.model, n=2, seed=seed)
     if dirs.n != 2:
@@ -579,9 +580,9 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
     order = snake_order(len(xs), len(ys))
     points = np.stack([xs[order[:, 0]], ys[order[:, 1]]], axis=1)
     op = HessianOperator.from_checkpoint(ck, data, params=params, dtype=dtype, batch_size=batch_size)
-    out = _out_path(out)
-    fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": _digest(data.y),
-                   "directions": _digest(dirs.vectors), "points": _digest(points), "params": op.names,
+    out = grid.result_path(out)
+    fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": grid.array_digest(data.y),
+                   "directions": grid.array_digest(dirs.vectors), "points": grid.array_digest(points), "params": op.names,
                    "dtype": str(dtype), "batch_size": batch_size, "tol": tol, "max_iter": max_iter,
                    "min_iter": MIN_ITER, "seed": seed,
                    "warm_start": warm_start, "chunk_size": chunk_size, "kind": "eigen_ratio_map"}
@@ -601,10 +602,10 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
     emap = EigenMap(xs, ys, lo, hi, ratio, unsnake(values["loss"]), unsnake(values["hvps"]).astype(np.int64),
                     np.stack([unsnake(values["res_min"]), unsnake(values["res_max"])]),
                     unsnake(values["converged"]).astype(bool), dirs.vectors,
-                    _meta(ck, data, dirs, seed, grid=[len(xs), len(ys)], x_range=[float(xs[0]), float(xs[-1])],
+                    grid.plane_meta(ck, data, dirs, seed, grid=[len(xs), len(ys)], x_range=[float(xs[0]), float(xs[-1])],
                           y_range=[float(ys[0]), float(ys[-1])], tol=tol, max_iter=max_iter,
                           params=params if isinstance(params, str) else list(params),
                           dtype=str(dtype).replace("torch.", ""), criterion=str(ck.meta.get("loss") or "ce"),
                           warm_start=warm_start))
-    _save(emap, out)
+    grid.save_result(emap, out)
     return emap

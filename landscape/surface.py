@@ -11,19 +11,16 @@ Coordinates: ``surf.loss[j, i]`` is the value at ``(surf.x[i], surf.y[j])``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from . import grid
-from .checkpoint import Checkpoint, load_checkpoint
-from .data import Dataset, load_dataset
+from .checkpoint import Checkpoint, as_checkpoint
+from .data import Dataset, as_dataset
 from .directions import Directions, directions_between, random_directions
-from .errors import ArgumentError, ResumeError
+from .errors import ArgumentError
 from .evaluator import GridEvaluator
 from .results import Result
 
@@ -124,20 +121,8 @@ def axis(spec, name: str = "x") -> np.ndarray:
     return arr
 
 
-def _checkpoint(ck, device="auto") -> Checkpoint:
-    if isinstance(ck, Checkpoint):
-        return ck
-    if isinstance(ck, (str, os.PathLike)):
-        return load_checkpoint(ck, device=device)
-    raise ArgumentError(f"expected a Checkpoint or a checkpoint path, got {type(ck).__name__}.")
 
 
-def _data(data, n_samples: int | None, seed: int) -> Dataset:
-    if isinstance(data, str):
-        data = load_dataset(data, split="test")
-    if not isinstance(data, Dataset):
-        raise ArgumentError(f"data must be a Dataset or a dataset spec string, got {type(data).__name__}.")
-    return data.subset(n_samples, seed=seed)
 
 
 def _criterion(ck: Checkpoint, criterion):
@@ -151,8 +136,6 @@ def _criterion(ck: Checkpoint, criterion):
     return criterion, type(criterion).__name__
 
 
-def _digest(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]
 
 
 def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarray, fields_meta: dict, *,
@@ -166,58 +149,23 @@ def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarra
     try:
         ev = GridEvaluator(ck.model, crit, x, y, dirs, with_ce=with_ce, batch_size=batch_size,
                            shortcut=shortcut, points_per_batch=points_per_batch)
-        fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": _digest(data.y),
-                       "directions": _digest(dirs.vectors), "points": _digest(points), "criterion": crit_name,
+        fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": grid.array_digest(data.y),
+                       "directions": grid.array_digest(dirs.vectors), "points": grid.array_digest(points), "criterion": crit_name,
                        "fields": list(ev.fields), "batch_size": batch_size}
         fields_meta.update(criterion=crit_name)
         return grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
-                             fingerprint=fingerprint, resume=_checked_resume(out, resume), chunk_size=chunk_size,
+                             fingerprint=fingerprint, resume=resume, chunk_size=chunk_size,
                              progress=progress, desc=desc)
     finally:
         ck.model.train(was_training)
 
 
-def _checked_resume(out: Path | None, resume: bool) -> bool:
-    """Refuse earlier progress on every rank *before* any rank writes its own.
-
-    ``run_grid`` looks for earlier progress files when it starts; under torch.distributed a
-    fast rank may already have flushed its first chunk when a slow rank looks, and the slow
-    rank would refuse a fresh run. So the check is done here, followed by a barrier, and
-    ``run_grid`` is then told to resume (it only ever finds this run's own files, whose
-    fingerprint matches).
-    """
-    rank, world = grid.dist_info()
-    if out is None or world == 1:
-        return resume
-    existing = grid.progress_files(out)
-    if existing and not resume:
-        raise ResumeError(f"{existing[0]} holds progress of an earlier run; pass resume=True (--resume) to continue "
-                          "it, or delete it to start over.")
-    import torch.distributed as dist
-
-    dist.barrier()
-    return True
 
 
-def _meta(ck: Checkpoint, data: Dataset, dirs: Directions, seed: int, **extra) -> dict:
-    return {"checkpoint": ck.name, "digest": ck.digest, "path": str(ck.path) if ck.path else None,
-            "arch": ck.meta.get("arch"), "loss": ck.meta.get("loss"), "data": data.name, "n_samples": len(data),
-            "seed": seed, "directions": {"names": dirs.names, "shapes": dirs.shapes, "meta": dirs.meta}, **extra}
 
 
-def _save(result: Result, out) -> None:
-    """Write the result on rank 0 and drop the progress files (the result now holds every value)."""
-    if out is None or grid.dist_info()[0] != 0:
-        return
-    result.save(out)
-    grid.finish(out)
 
 
-def _out_path(out) -> Path | None:
-    if out is None:
-        return None
-    out = Path(out)
-    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
 
 
 # -- public ----------------------------------------------------------------------------------------
@@ -267,8 +215,8 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     Surface
         ``loss[j, i]`` at ``(x[i], y[j])``, identical on every rank.
     """
-    ck = _checkpoint(ck)
-    data = _data(data, n_samples, seed)
+    ck = as_checkpoint(ck)
+    data = as_dataset(data, n_samples, seed)
     if dirs is None:
         dirs = random_directions(ck.model, n=2, seed=seed)
     if dirs.n != 2:
@@ -277,7 +225,7 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     # Row-major over (y, x): point j * nx + i is (x[i], y[j]), so reshape gives loss[j, i].
     gx, gy = np.meshgrid(xs, ys)
     points = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    out = _out_path(out)
+    out = grid.result_path(out)
     extra: dict = {}
     values = _evaluate(ck, data, dirs, points, extra, criterion=criterion, with_ce=with_ce, batch_size=batch_size,
                        out=out, resume=resume, chunk_size=chunk_size, progress=progress, desc="surface",
@@ -285,9 +233,9 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     shape = (len(ys), len(xs))
     surf = Surface(xs, ys, values["loss"].reshape(shape), values["accuracy"].reshape(shape),
                    values["ce_loss"].reshape(shape) if with_ce else None, dirs.vectors,
-                   _meta(ck, data, dirs, seed, grid=[len(xs), len(ys)],
+                   grid.plane_meta(ck, data, dirs, seed, grid=[len(xs), len(ys)],
                          x_range=[float(xs[0]), float(xs[-1])], y_range=[float(ys[0]), float(ys[-1])], **extra))
-    _save(surf, out)
+    grid.save_result(surf, out)
     return surf
 
 
@@ -318,8 +266,8 @@ def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, n_sam
     -------
     Curve
     """
-    ck = _checkpoint(ck)
-    data = _data(data, n_samples, seed)
+    ck = as_checkpoint(ck)
+    data = as_dataset(data, n_samples, seed)
     if other is None:
         dirs, default = random_directions(ck.model, n=1, seed=seed), (-1.0, 1.0, steps)
     elif isinstance(other, Directions):
@@ -328,14 +276,14 @@ def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, n_sam
     else:
         dirs, default = directions_between(ck, other), (-0.5, 1.5, steps)
     ts = axis(t if t is not None else default, "t")
-    out = _out_path(out)
+    out = grid.result_path(out)
     extra: dict = {}
     values = _evaluate(ck, data, dirs, ts[:, None], extra, criterion=criterion, with_ce=with_ce,
                        batch_size=batch_size, out=out, resume=resume, chunk_size=chunk_size, progress=progress,
                        desc="line", points_per_batch=None, shortcut=shortcut)
     curve = Curve(ts, values["loss"], values["accuracy"], values["ce_loss"] if with_ce else None, dirs.vectors,
-                  _meta(ck, data, dirs, seed, steps=len(ts), t_range=[float(ts[0]), float(ts[-1])], **extra))
-    _save(curve, out)
+                  grid.plane_meta(ck, data, dirs, seed, steps=len(ts), t_range=[float(ts[0]), float(ts[-1])], **extra))
+    grid.save_result(curve, out)
     return curve
 
 

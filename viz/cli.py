@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from landscape.errors import LandscapeError
+from landscape.errors import ArgumentError, LandscapeError
 
 COMMANDS = ("info", "train", "surface", "hessian", "embed", "phenotype", "gradcam", "report", "bench")
 
@@ -29,6 +29,44 @@ def add_common(parser: argparse.ArgumentParser, out: str | None = None) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     g.add_argument("--out", default=out, help=f"output folder{f' (default: {out})' if out else ''}")
     g.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
+
+
+def add_plane_options(parser: argparse.ArgumentParser, grid: str, chunk_size: int) -> None:
+    """The options of commands that evaluate a grid over a plane (surface, hessian)."""
+    parser.add_argument("checkpoint", help="checkpoint file (the centre of the plane)")
+    parser.add_argument("--data", default="digits", help="dataset spec (default: digits); see `landscape info`")
+    parser.add_argument("--split", default="test", choices=("train", "test"), help="data split (default: test)")
+    parser.add_argument("--subset", "--samples", dest="subset", type=int, default=None,
+                        help="use a seeded random subset of this many samples")
+    parser.add_argument("--grid", default=grid, help=f"points per axis: N or NXxNY, e.g. 51 or 41x21 (default: {grid})")
+    parser.add_argument("--range", nargs="+", type=float, default=[-1.0, 1.0], metavar="V",
+                        help="LO HI for both axes or XLO XHI YLO YHI (default: -1 1)")
+    parser.add_argument("--batch-size", type=int, default=None, help="evaluate the data in batches of this size")
+    parser.add_argument("--chunk-size", type=int, default=chunk_size,
+                        help=f"grid points per flushed chunk (default: {chunk_size})")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
+    parser.add_argument("--no-plots", action="store_true", help="write only the result files")
+
+
+def parse_grid(text: str, line: bool = False) -> tuple[int, int]:
+    """``"51"`` -> (51, 51); ``"41x21"`` -> (41, 21)."""
+    try:
+        parts = [int(v) for v in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1 or (line and len(parts) != 1):
+        raise ArgumentError(f"--grid {text!r}: give N{'' if line else ' or NXxNY'} with positive integers, e.g. 51"
+                            f"{'' if line else ' or 41x21'}.")
+    return parts[0], parts[-1]
+
+
+def parse_range(values: list[float], line: bool = False) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``--range LO HI`` (both axes) or ``XLO XHI YLO YHI``."""
+    if len(values) == 2:
+        return (values[0], values[1]), (values[0], values[1])
+    if len(values) == 4 and not line:
+        return (values[0], values[1]), (values[2], values[3])
+    raise ArgumentError(f"--range takes LO HI{'' if line else ' or XLO XHI YLO YHI'}, got {len(values)} numbers.")
 
 
 def build_parser() -> argparse.ArgumentParser:

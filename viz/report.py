@@ -191,7 +191,7 @@ def validate_spec(spec: dict, text: str, path: Path | str = "spec") -> None:
                      f"figure kind {kind_name!r} has no option {opt!r}; options: {', '.join(sorted(allowed))}.")
         for m in fig.get("models", []):
             if m not in models:
-                fail(_line_of(text, rf"^\s*models\s*=", start), f"figure {kind_name!r} names model {m!r}, which is not "
+                fail(_line_of(text, r"^\s*models\s*=", start), f"figure {kind_name!r} names model {m!r}, which is not "
                      f"in [models] ({', '.join(sorted(models)) or 'empty'}).")
         if k.uses_models and not fig.get("models"):
             fail(start + 1, f"figure kind {kind_name!r} needs models = [...].")
@@ -285,7 +285,7 @@ def write_index(out: Path, report: dict) -> Path:
 drawn in {rec['seconds']['draw']} s</p>
 </section>""")
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(report['title'])}</title>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>{html.escape(report['title'])}</title>
 <style>
 body {{ font-family: sans-serif; max-width: 1400px; margin: 2em auto; color: #222; }}
 section {{ border-top: 1px solid #ccc; padding: 1em 0; }}

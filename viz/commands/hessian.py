@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from viz.cli import add_common
+from viz.cli import add_common, add_plane_options, parse_grid, parse_range
 
 EPILOG = """examples:
   landscape hessian trained_models/mlp-ce.safetensors --grid 11 --out runs/hessian-ce
@@ -27,29 +27,19 @@ EPILOG = """examples:
 def register(sub) -> None:
     p = sub.add_parser("hessian", help="Hessian eigenvalue-ratio map (Lanczos), trace and spectral density",
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint file (the centre of the plane)")
-    p.add_argument("--data", default="digits", help="dataset spec (default: digits)")
-    p.add_argument("--split", default="test", choices=("train", "test"), help="data split (default: test)")
-    p.add_argument("--subset", type=int, default=None, help="use a seeded random subset of this many samples")
-    p.add_argument("--grid", default="11", help="points per axis: N or NXxNY (default: 11)")
-    p.add_argument("--range", nargs="+", type=float, default=[-1.0, 1.0], metavar="V",
-                   help="LO HI for both axes or XLO XHI YLO YHI (default: -1 1)")
+    add_plane_options(p, grid="11", chunk_size=16)
     p.add_argument("--params", default="all", choices=("all", "matrices"),
                    help="Hessian over all parameters or only weight matrices/kernels (Li et al.) (default: all)")
     p.add_argument("--tol", type=float, default=1e-3,
                    help="stop when both Ritz residuals are below TOL x spectral radius (default: 1e-3)")
     p.add_argument("--max-iter", type=int, default=100, help="Lanczos steps per point at most (default: 100)")
     p.add_argument("--float64", action="store_true", help="compute in float64 (slower, reference accuracy)")
-    p.add_argument("--batch-size", type=int, default=None, help="average the Hessian over batches of this size")
-    p.add_argument("--chunk-size", type=int, default=16, help="grid points per flushed chunk (default: 16)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
     p.add_argument("--contour-grid", type=int, default=41,
                    help="points per axis of the loss surface drawn as the contour; 0 uses the map's own "
                         "grid (default: 41)")
     p.add_argument("--density", action="store_true",
                    help="also the spectral density (SLQ) and Hutchinson trace at the centre")
     p.add_argument("--probes", type=int, default=4, help="SLQ probes with --density (default: 4)")
-    p.add_argument("--no-plots", action="store_true", help="write only the result files")
     add_common(p, out="runs/hessian")
     p.set_defaults(func=run)
 
@@ -59,7 +49,6 @@ def run(args) -> int:
 
     import landscape as ls
     from landscape.surface import init_distributed
-    from viz.commands.surface import parse_grid, parse_range
 
     rank, _, device = init_distributed(args.device)
     nx, ny = parse_grid(args.grid, False)

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from landscape.errors import ArgumentError
-from viz.cli import add_common
+from viz.cli import add_common, add_plane_options, parse_grid, parse_range
 
 EPILOG = """examples:
   landscape surface trained_models/mlp-ce.safetensors --grid 51 --out runs/ce
@@ -25,13 +25,7 @@ EPILOG = """examples:
 def register(sub) -> None:
     p = sub.add_parser("surface", help="loss surface / 1D line of a checkpoint, with contour and 3D figures",
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint file (the centre of the plane)")
-    p.add_argument("--data", default="digits", help="dataset spec (default: digits); see `landscape info`")
-    p.add_argument("--split", default="test", choices=("train", "test"), help="data split (default: test)")
-    p.add_argument("--samples", type=int, default=None, help="evaluate on a seeded random subset of this size")
-    p.add_argument("--grid", default="51", help="points per axis: N or NXxNY, e.g. 51 or 41x21 (default: 51)")
-    p.add_argument("--range", nargs="+", type=float, default=[-1.0, 1.0], metavar="V",
-                   help="LO HI for both axes or XLO XHI YLO YHI (default: -1 1)")
+    add_plane_options(p, grid="51", chunk_size=64)
     p.add_argument("--line", action="store_true", help="a 1D line instead of a plane")
     p.add_argument("--between", nargs="+", metavar="CKPT",
                    help="directions through these checkpoints (1 for a line, 2 for a plane) instead of random ones")
@@ -40,33 +34,10 @@ def register(sub) -> None:
                    help="normalisation of random directions (default: filter)")
     p.add_argument("--keep-biasbn", action="store_true", help="do not zero the directions of biases and batchnorm")
     p.add_argument("--ce", action="store_true", help="also compute plain cross-entropy beside the training loss")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluate the data in batches (default: all at once)")
-    p.add_argument("--chunk-size", type=int, default=64, help="grid points per flushed chunk (default: 64)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
     p.add_argument("--log", action="store_true", help="log colour scale in the figures")
-    p.add_argument("--no-plots", action="store_true", help="write only the result file")
     add_common(p, out="runs/surface")
     p.set_defaults(func=run)
 
-
-def parse_grid(text: str, line: bool) -> tuple[int, int]:
-    """``"51"`` -> (51, 51); ``"41x21"`` -> (41, 21)."""
-    try:
-        parts = [int(v) for v in str(text).lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) < 1 or (line and len(parts) != 1):
-        raise ArgumentError(f"--grid {text!r}: give N{'' if line else ' or NXxNY'} with positive integers, e.g. 51"
-                            f"{'' if line else ' or 41x21'}.")
-    return parts[0], parts[-1]
-
-
-def parse_range(values: list[float], line: bool) -> tuple[tuple[float, float], tuple[float, float]]:
-    if len(values) == 2:
-        return (values[0], values[1]), (values[0], values[1])
-    if len(values) == 4 and not line:
-        return (values[0], values[1]), (values[2], values[3])
-    raise ArgumentError(f"--range takes LO HI{'' if line else ' or XLO XHI YLO YHI'}, got {len(values)} numbers.")
 
 
 def _directions(args, ck, n: int):
@@ -101,7 +72,7 @@ def run(args) -> int:
     nx, ny = parse_grid(args.grid, args.line)
     xr, yr = parse_range(args.range, args.line)
     ck = ls.load_checkpoint(args.checkpoint, device=device)
-    data = ls.load_dataset(args.data, split=args.split).subset(args.samples, seed=args.seed)
+    data = ls.load_dataset(args.data, split=args.split).subset(args.subset, seed=args.seed)
     out = Path(args.out)
     progress = False if args.quiet else None
     common = dict(seed=args.seed, with_ce=args.ce, batch_size=args.batch_size, resume=args.resume,
