@@ -32,7 +32,7 @@ IGNORES = ("biasbn", "none")
 _EPS = 1e-10  # as in Li et al.'s code: keeps an all-zero filter of the weights from dividing by zero
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Directions(Result):
     """``n`` directions in the parameter space of one architecture.
 

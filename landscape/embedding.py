@@ -152,7 +152,7 @@ def angular_stats(feat: Features, max_silhouette: int = 5000, seed: int = 0) -> 
             "collapsed": sorted(set(np.asarray(feat.y).tolist()) - set(labels.tolist()))}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class StatsTable(Result):
     """Angular statistics of several checkpoints, one row each (see :func:`angular_stats`).
 
@@ -204,7 +204,7 @@ def compare_stats(feats: Mapping[str, Features] | list[Features], max_silhouette
 
 
 # -- hypersphere ---------------------------------------------------------------------------
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Sphere(Result):
     """Features on the unit circle (``dim`` 2) or sphere (``dim`` 3), with angular statistics.
 
@@ -348,7 +348,7 @@ def _quality(feat: Features, coords: np.ndarray, k: int, ref=None) -> dict[str, 
             "knn_accuracy": _knn_accuracy(coords, feat.y, min(k, len(coords) - 1), ref)}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Embedding(Result):
     """A 2-D t-SNE map of features, with its quality.
 

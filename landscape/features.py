@@ -27,7 +27,7 @@ from .results import Result
 DEFAULT_LAYER = "features"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Features(Result):
     """Features of a dataset under one checkpoint.
 

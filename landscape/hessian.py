@@ -346,7 +346,7 @@ def hessian_trace(ck, data="digits", *, n_probes: int = 100, seed: int = 0, subs
 
 
 # -- spectral density ----------------------------------------------------------------------------
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Density(Result):
     """Spectral density of the Hessian by stochastic Lanczos quadrature.
 
@@ -451,7 +451,7 @@ def _op_meta(op: HessianOperator, ck, data) -> dict:
 
 
 # -- eigenvalue-ratio maps -----------------------------------------------------------------------
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class EigenMap(Result):
     """Extreme Hessian eigenvalues over a 2D grid of a plane through the weights (seed 002 Fig. 4.5).
 

@@ -27,7 +27,7 @@ from .results import Result
 LossLike = Union[str, "losses.ProbabilityLoss", "losses.Combined", Callable]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Phenotype(Result):
     """A loss's phenotype on the grid ``y`` x ``yhat``.
 
@@ -62,7 +62,7 @@ class Phenotype(Result):
         return str(self.meta.get("label", self.meta.get("loss", "loss")))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class PhenotypeDifference(Result):
     """``normalized(A) - normalized(B)`` of two phenotypes on the same grid (seed 003 Fig. 8).
 

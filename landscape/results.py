@@ -27,7 +27,9 @@ class Result:
     """Base class: subclasses are dataclasses whose fields are arrays, scalars, strings or dicts.
 
     Fields holding ``np.ndarray`` are stored as arrays; every other field (and ``meta``)
-    goes to JSON. Subclasses must list ``meta`` last with a default.
+    goes to JSON. Subclasses must list ``meta`` last with a default, and are declared with
+    ``@dataclasses.dataclass(repr=False)`` so that they keep the short summary below as
+    their repr instead of dumping every array.
     """
 
     kind: ClassVar[str] = "result"

@@ -25,7 +25,7 @@ from .evaluator import GridEvaluator
 from .results import Result
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Surface(Result):
     """Loss and accuracy over a 2D grid of a plane through the weights.
 
@@ -62,7 +62,7 @@ class Surface(Result):
         return _dirs_of(self)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Curve(Result):
     """Loss and accuracy along a line ``theta* + t d``.
 

@@ -145,3 +145,12 @@ def test_default_report_plotted_values_match_goldens(default_report):
         loose = path.stem.startswith(("tsne", "hypersphere"))
         assert_plotted_values(values, GOLDEN / path.name, rtol=1e-3 if loose else 1e-4,
                               atol=1e-3 if loose else 1e-6)
+
+
+def test_only_and_seed_override(tmp_path):
+    spec = write_spec(tmp_path, SMALL.format(grid=5, style=""))
+    with pytest.raises(SpecError, match="--only names \\['nope'\\]"):
+        build_report(spec, out_root=tmp_path, quiet=True, root=ROOT, only=["nope"])
+    report = build_report(spec, out_root=tmp_path, quiet=True, root=ROOT, only=["contours"], seed=3)
+    assert [r["id"] for r in report["figures"]] == ["contours"] and report["seed"] == 3
+    assert report["figures"][0]["seed"] == 3

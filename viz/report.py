@@ -212,9 +212,20 @@ def figure_id(n: int, fig: dict) -> str:
 
 
 def build_report(spec_path: str | Path, out_root: str | Path = "reports", device: str = "auto",
-                 quiet: bool = False, only: list[str] | None = None, root: str | Path = ".") -> dict:
-    """Render every figure of a spec into ``<out_root>/<name>/`` and return the provenance record."""
+                 quiet: bool = False, only: list[str] | None = None, root: str | Path = ".",
+                 seed: int | None = None) -> dict:
+    """Render every figure of a spec into ``<out_root>/<name>/`` and return the provenance record.
+
+    ``seed`` overrides the spec's seed; ``only`` renders the figures with these ids or kinds.
+    """
     spec, _ = load_spec(spec_path)
+    if seed is not None:
+        spec["seed"] = int(seed)
+    known = {figure_id(n, f) for n, f in enumerate(spec["figure"])} | {f["kind"] for f in spec["figure"]}
+    unknown = sorted(set(only or []) - known)
+    if unknown:
+        raise SpecError(f"--only names {unknown}, which are neither figure ids nor kinds of {spec_path} "
+                        f"({', '.join(sorted(known))}).")
     root = Path(root)
     out = Path(out_root) / spec["name"]
     out.mkdir(parents=True, exist_ok=True)

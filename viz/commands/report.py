@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--only", nargs="+", metavar="ID_OR_KIND", help="render only these figures")
     p.add_argument("--kinds", action="store_true", help="list the figure kinds and their options, then exit")
     add_common(p, out="reports")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, seed=None)  # the spec's seed unless --seed is given
 
 
 def run(args) -> int:
@@ -26,5 +26,5 @@ def run(args) -> int:
             opts = ", ".join(f"{o}={v!r}" for o, v in k.options().items())
             print(f"{k.name:22s} {k.help}\n{'':22s} options: {opts}")
         return 0
-    build_report(args.spec, out_root=args.out, device=args.device, quiet=args.quiet, only=args.only)
+    build_report(args.spec, out_root=args.out, device=args.device, quiet=args.quiet, only=args.only, seed=args.seed)
     return 0
