@@ -9,7 +9,8 @@ SPEC ?= reports/default.toml
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.setup-done
+# one stamp per torch choice, so changing TORCH or TORCH_INDEX re-runs the set-up
+STAMP := $(VENV)/.setup-$(shell echo "$(TORCH) $(TORCH_INDEX)" | cksum | cut -d" " -f1)
 INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
 .PHONY: setup test report clean-venv
@@ -21,6 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)" $(INDEX_ARG)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test]"
+	rm -f $(VENV)/.setup-*
 	echo "$(TORCH) $(TORCH_INDEX)" > $(STAMP)
 
 test: setup
