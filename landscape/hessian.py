@@ -566,17 +566,9 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
     EigenMap
         ``ratio[j, i]`` at ``(x[i], y[j])``, identical on every rank.
     """
-    from .directions import random_directions
-    from .surface import axis
+    from .surface import plane_setup
 
-    ck = as_checkpoint(ck)
-    data = as_dataset(data, subset, seed)
-    if dirs is None:
-        dirs = random_directions(ck.model, n=2, seed=seed)
-    if dirs.n != 2:
-        raise ArgumentError(f"an eigenvalue map needs 2 directions, got {dirs.n}.")
-    dirs.check_model(ck.model)
-    xs, ys = axis(x, "x"), axis(y, "y")
+    ck, data, dirs, xs, ys = plane_setup(ck, data, dirs, x, y, subset, seed, "an eigenvalue map")
     order = snake_order(len(xs), len(ys))
     points = np.stack([xs[order[:, 0]], ys[order[:, 1]]], axis=1)
     op = HessianOperator.from_checkpoint(ck, data, params=params, dtype=dtype, batch_size=batch_size)

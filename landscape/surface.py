@@ -168,6 +168,22 @@ def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarra
 
 
 
+def plane_setup(ck, data, dirs: Directions | None, x, y, n_samples: int | None, seed: int, what: str,
+                hint: str = "") -> tuple[Checkpoint, Dataset, Directions, np.ndarray, np.ndarray]:
+    """The inputs every run over a plane shares: checkpoint, data (subset), two directions, axes.
+
+    ``dirs`` defaults to two filter-normalised random directions drawn with ``seed``.
+    """
+    ck = as_checkpoint(ck)
+    data = as_dataset(data, n_samples, seed)
+    if dirs is None:
+        dirs = random_directions(ck.model, n=2, seed=seed)
+    if dirs.n != 2:
+        raise ArgumentError(f"{what} needs 2 directions, got {dirs.n}{hint}.")
+    dirs.check_model(ck.model)
+    return ck, data, dirs, axis(x, "x"), axis(y, "y")
+
+
 # -- public ----------------------------------------------------------------------------------------
 def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0, 1.0, 51), *,
             n_samples: int | None = None, seed: int = 0, criterion="train", with_ce: bool = False,
@@ -215,13 +231,8 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     Surface
         ``loss[j, i]`` at ``(x[i], y[j])``, identical on every rank.
     """
-    ck = as_checkpoint(ck)
-    data = as_dataset(data, n_samples, seed)
-    if dirs is None:
-        dirs = random_directions(ck.model, n=2, seed=seed)
-    if dirs.n != 2:
-        raise ArgumentError(f"a surface needs 2 directions, got {dirs.n}; use interpolate() for one.")
-    xs, ys = axis(x, "x"), axis(y, "y")
+    ck, data, dirs, xs, ys = plane_setup(ck, data, dirs, x, y, n_samples, seed, "a surface",
+                                         hint="; use interpolate() for one")
     # Row-major over (y, x): point j * nx + i is (x[i], y[j]), so reshape gives loss[j, i].
     gx, gy = np.meshgrid(xs, ys)
     points = np.stack([gx.ravel(), gy.ravel()], axis=1)
