@@ -47,6 +47,18 @@ def zoo_path():
     return get
 
 
+@pytest.fixture(scope="module")
+def mlp(zoo_path) -> ls.Checkpoint:
+    """The shipped mlp-ce checkpoint on the CPU (one per test module: tests may not share a model)."""
+    return ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cnn(zoo_path) -> ls.Checkpoint:
+    """The shipped cnn-ce checkpoint on the CPU (one per test module)."""
+    return ls.load_checkpoint(zoo_path("cnn-ce"), device="cpu")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """Train a small model for a few epochs and save it; cached per (arch, loss, kwargs).

@@ -10,16 +10,6 @@ from landscape.directions import Directions, offset_parameters
 from landscape.errors import ArgumentError
 
 
-@pytest.fixture(scope="module")
-def mlp(zoo_path):
-    return ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def cnn(zoo_path):
-    return ls.load_checkpoint(zoo_path("cnn-ce"), device="cpu")
-
-
 def _split(dirs: Directions, i: int) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in dirs.tensors(i).items()}
 

@@ -90,9 +90,8 @@ def test_angular_stats_needs_two_classes():
 
 # -- hypersphere ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def mlp_feat(zoo_path, digits_test):
-    ck = ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
-    return ls.extract_features(ck, digits_test)
+def mlp_feat(mlp, digits_test):
+    return ls.extract_features(mlp, digits_test)
 
 
 def test_features_of_the_drawn_dimension_are_only_normalised():

@@ -11,11 +11,6 @@ from landscape.errors import ArgumentError
 from landscape.features import layer_names
 
 
-@pytest.fixture(scope="module")
-def mlp(zoo_path):
-    return ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
-
-
 def _all_hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) for m in model.modules())
 

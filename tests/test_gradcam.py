@@ -25,11 +25,6 @@ METHODS = ("gradcam", "gradcam++", "guided-backprop", "guided-gradcam")
 
 
 @pytest.fixture(scope="module")
-def cnn(zoo_path):
-    return ls.load_checkpoint(zoo_path("cnn-ce"), device="cpu")
-
-
-@pytest.fixture(scope="module")
 def images(digits_test):
     return digits_test.subset(48, seed=0)
 

@@ -18,16 +18,6 @@ from landscape.surface import Surface, interpolate, surface
 
 
 @pytest.fixture(scope="module")
-def mlp(zoo_path):
-    return ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def cnn(zoo_path):
-    return ls.load_checkpoint(zoo_path("cnn-ce"), device="cpu")
-
-
-@pytest.fixture(scope="module")
 def small(digits_test):
     return digits_test.subset(120, seed=0)
 

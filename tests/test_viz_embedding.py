@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import landscape as ls
-import viz
 from landscape.embedding import compare_stats
 from landscape.errors import ArgumentError
 from viz.cli import main
