@@ -141,10 +141,16 @@ def test_default_report_plotted_values_match_goldens(default_report):
         assert not missing, f"no golden for {sorted(missing)}; create them with LANDSCAPE_UPDATE_GOLDEN=1"
     for path in produced:
         values = json.loads(path.read_text())["values"]
-        # t-SNE coordinates amplify last-bit differences; everything else is pinned tightly
-        loose = path.stem.startswith(("tsne", "hypersphere"))
-        assert_plotted_values(values, GOLDEN / path.name, rtol=1e-3 if loose else 1e-4,
-                              atol=1e-3 if loose else 1e-6)
+        assert_plotted_values(values, GOLDEN / path.name, **_tolerance(path.stem))
+
+
+def _tolerance(stem: str) -> dict:
+    """Golden tolerances per figure: tight where the numbers are exact, looser where they are iterative."""
+    if stem.startswith(("eigen-ratio", "spectral-density")):
+        return {"rtol": 1e-2, "atol": 1e-5}  # Lanczos stops at a relative residual of 1e-3
+    if stem.startswith(("tsne", "hypersphere")):
+        return {"rtol": 1e-3, "atol": 1e-3}  # t-SNE amplifies last-bit differences of the features
+    return {"rtol": 1e-4, "atol": 1e-6}
 
 
 def test_only_and_seed_override(tmp_path):
