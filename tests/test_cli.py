@@ -77,3 +77,19 @@ def test_argparse_errors_exit_2():
 def test_train_list():
     proc = run_cli("train", "--list")
     assert proc.returncode == 0 and "mlp-ce" in proc.stdout
+
+
+def test_bare_state_dict_through_the_cli(tmp_path):
+    """A user's bare state_dict: --arch names the architecture; without it the error says so."""
+    import torch
+
+    import landscape as ls
+
+    model = ls.models.build("mlp", input_shape=(1, 8, 8), num_classes=10)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    proc = run_cli("surface", tmp_path / "bare.pt", "--grid", "3", "--subset", "20", "--no-plots", "--quiet",
+                   "--out", tmp_path / "s")
+    assert proc.returncode == 2 and "--arch" in proc.stderr
+    proc = run_cli("surface", tmp_path / "bare.pt", "--arch", "mlp", "--grid", "3", "--subset", "20", "--no-plots",
+                   "--quiet", "--out", tmp_path / "s")
+    assert proc.returncode == 0, proc.stderr

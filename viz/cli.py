@@ -34,6 +34,7 @@ def add_common(parser: argparse.ArgumentParser, out: str | None = None) -> None:
 def add_plane_options(parser: argparse.ArgumentParser, grid: str, chunk_size: int) -> None:
     """The options of commands that evaluate a grid over a plane (surface, hessian)."""
     parser.add_argument("checkpoint", help="checkpoint file (the centre of the plane)")
+    parser.add_argument("--arch", help="architecture name or module:Class, for a checkpoint without meta")
     parser.add_argument("--data", default="digits", help="dataset spec (default: digits); see `landscape info`")
     parser.add_argument("--split", default="test", choices=("train", "test"), help="data split (default: test)")
     parser.add_argument("--subset", "--samples", dest="subset", type=int, default=None,

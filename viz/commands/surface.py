@@ -71,7 +71,7 @@ def run(args) -> int:
     rank, _, device = init_distributed(args.device)
     nx, ny = parse_grid(args.grid, args.line)
     xr, yr = parse_range(args.range, args.line)
-    ck = ls.load_checkpoint(args.checkpoint, device=device)
+    ck = ls.load_checkpoint(args.checkpoint, device=device, arch=args.arch)
     data = ls.load_dataset(args.data, split=args.split).subset(args.subset, seed=args.seed)
     out = Path(args.out)
     progress = False if args.quiet else None
