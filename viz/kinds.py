@@ -16,7 +16,7 @@ from .gradcam import gradcam_compare, gradcam_grid
 from .hessian import eigen_ratio, spectral_density
 from .phenotype import phenotype_curves, phenotype_difference, phenotype_surface
 from .report import Context, kind
-from .surface import compare, curve, surface3d
+from .surface import compare, curve, surface3d, trajectory
 
 
 def _grid(opts: dict, key: str = "grid") -> tuple:
@@ -45,12 +45,13 @@ def _contour_compute(ctx, opts):
 
 def _contour_draw(results, opts, ctx):
     names = list(results)
-    return {"": compare([results[m] for m in names], titles=names, log=opts["log"], n_levels=opts["n_levels"])}
+    return {"": compare([results[m] for m in names], titles=names, log=opts["log"], n_levels=opts["n_levels"],
+                        filled=opts["filled"])}
 
 
-kind("contour", "Loss contours around the trained weights (filter-normalised random plane)",
+kind("contour", "Loss contours around the trained weights (filter-normalised random plane); filled = heat map",
      {"grid": 31, "range": [-1.0, 1.0], "subset": None},
-     {"log": False, "n_levels": 20})((_contour_compute, _contour_draw))
+     {"log": False, "n_levels": 20, "filled": False})((_contour_compute, _contour_draw))
 
 
 def _surface3d_draw(results, opts, ctx):
@@ -82,6 +83,40 @@ def _interp_draw(results, opts, ctx):
 
 kind("interpolation", "1D loss and accuracy along a filter-normalised random direction",
      {"steps": 51, "range": [-1.0, 1.0]}, {"log": False})((_interp_compute, _interp_draw))
+
+
+def _trajectory_compute(ctx, opts):
+    """PCA directions of the snapshots in ``opts["snapshots"]`` and the surface over the path's extent."""
+    from landscape.directions import trajectory_directions
+
+    name = opts["models"][0]
+    ck = ctx.checkpoint(name)
+    folder = ctx.root / opts["snapshots"]
+    paths = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt"))
+    if len(paths) < 2:
+        from landscape.errors import SpecError
+
+        raise SpecError(f"trajectory: {opts['snapshots']} holds {len(paths)} snapshots; it needs at least 2.")
+    snaps = [ls.load_checkpoint(p, device="cpu") for p in paths]
+    path = [s for s in snaps if s.digest != ck.digest] + [ck]  # the path ends at the centre
+    base = {"ck": ck.digest, "snapshots": [s.digest for s in path]}
+    dirs = ctx.cached("trajectory-dirs", base, lambda: trajectory_directions([s.model for s in path], n=2))
+    lo, hi = dirs.coords.min(axis=0), dirs.coords.max(axis=0)
+    pad = float(opts["pad"]) * (hi - lo)
+    g = int(opts["grid"])
+    xr, yr = (float(lo[0] - pad[0]), float(hi[0] + pad[0]), g), (float(lo[1] - pad[1]), float(hi[1] + pad[1]), g)
+    surf = ctx.cached("trajectory-surface", {**base, "data": ctx.data_spec, "grid": g, "pad": opts["pad"]},
+                      lambda: ls.surface(ck, ctx.data("test"), dirs, x=xr, y=yr, progress=not ctx.quiet and None))
+    return {"dirs": dirs, "surface": surf}
+
+
+def _trajectory_draw(results, opts, ctx):
+    return {"": trajectory(results["surface"], results["dirs"].coords, log=opts["log"], n_levels=opts["n_levels"])}
+
+
+kind("trajectory", "Training trajectory projected on its PCA directions, over the loss surface of that plane",
+     {"snapshots": "trained_models/snapshots/mlp-ce", "grid": 31, "pad": 0.2},
+     {"log": False, "n_levels": 20})((_trajectory_compute, _trajectory_draw))
 
 
 # -- Hessian ------------------------------------------------------------------------------
