@@ -79,13 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="landscape 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"viz.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"viz.commands.{name}":
-                continue  # command not available in this build
-            raise
-        module.register(sub)
+        importlib.import_module(f"viz.commands.{name}").register(sub)
     return parser
 
 

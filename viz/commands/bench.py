@@ -14,12 +14,7 @@ def register(sub) -> None:
                        epilog="examples:\n  landscape bench surface --grid 51\n  landscape bench hessian")
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
     for kind in KINDS:
-        try:
-            module = importlib.import_module(f"landscape.benchmarks.{kind}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"landscape.benchmarks.{kind}":
-                continue
-            raise
+        module = importlib.import_module(f"landscape.benchmarks.{kind}")
         q = kinds.add_parser(kind, help=(module.__doc__ or kind).strip().splitlines()[0], description=module.__doc__,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(q)
