@@ -422,7 +422,8 @@ class Embedding(Result):
         if feat.dim != expected:
             raise ArgumentError(f"the map was fitted on {expected}-dimensional features, but {feat.name!r} has "
                                 f"{feat.dim}; extract them from the same layer.")
-        new = self._fitted.transform(np.asarray(feat.x, dtype=np.float64), perplexity=perplexity, n_iter=n_iter)
+        with _one_blas_thread():
+            new = self._fitted.transform(np.asarray(feat.x, dtype=np.float64), perplexity=perplexity, n_iter=n_iter)
         # openTSNE's FFT transform re-centres the reference map in place; express the new points
         # in the frame of self.coords (a translation; zero for maps made by tsne(), which centres them)
         shift = (np.asarray(self._fitted) - self.coords).mean(axis=0)
@@ -435,14 +436,26 @@ class Embedding(Result):
         return Embedding(coords=coords, y=feat.y, pred=feat.pred, classes=list(feat.classes), meta=meta, **quality)
 
 
+def _one_blas_thread():
+    """Run numpy's BLAS on one thread: t-SNE amplifies the last bits of a threaded reduction
+    (its PCA initialisation and affinities) into different maps, so the map would depend on the
+    thread count. openTSNE's own threads are set by ``n_jobs``."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def tsne(feat: Features, seed: int = 0, perplexity: float = 30.0, n_jobs: int = 1, n_iter: int = 500,
          k: int = 10, method: str = "auto") -> Embedding:
     """A 2-D t-SNE map of the features (openTSNE), with its quality.
 
     The map is centred on its bounding box (t-SNE is translation invariant).
     PCA initialisation and a fixed ``random_state`` make the map reproducible: same seed,
-    same features, ``n_jobs=1`` give the same coordinates. (With ``n_jobs > 1`` the
-    Barnes-Hut gradient sums in a thread-dependent order, so the last digits may differ.)
+    same features, ``n_jobs=1`` give the same coordinates on one machine, whatever the BLAS
+    thread count. (With ``n_jobs > 1`` the Barnes-Hut gradient sums in a thread-dependent
+    order.) t-SNE is chaotic: features that differ in the last bits, as they do between CPUs,
+    give visibly different maps with the same quality scores, so compare maps across machines
+    by ``trustworthiness`` and ``knn_accuracy``, not by coordinates.
 
     Parameters
     ----------
@@ -476,7 +489,8 @@ def tsne(feat: Features, seed: int = 0, perplexity: float = 30.0, n_jobs: int = 
         raise ArgumentError(f"method {method!r} is not one of auto, bh, fft.")
     model = TSNE(n_components=2, perplexity=perplexity, initialization="pca", random_state=seed, n_jobs=n_jobs,
                  n_iter=n_iter, negative_gradient_method=method, verbose=False)
-    fitted = model.fit(np.asarray(feat.x, dtype=np.float64))
+    with _one_blas_thread():
+        fitted = model.fit(np.asarray(feat.x, dtype=np.float64))
     # centre the map on its bounding box, as openTSNE's transform would do in place later
     fitted -= (fitted.max(axis=0) + fitted.min(axis=0)) / 2
     coords = np.array(fitted, dtype=np.float64)

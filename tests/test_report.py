@@ -129,28 +129,23 @@ def _golden_files():
 
 @pytest.mark.slow
 def test_default_report_plotted_values_match_goldens(default_report):
-    """Pins every number the default report plots (update: LANDSCAPE_UPDATE_GOLDEN=1, see README)."""
+    """Pins every number the default report plots (update: LANDSCAPE_UPDATE_GOLDEN=1, see README).
+
+    Each figure is compared with its kind's declared tolerance (``viz.report.Kind.tolerance``).
+    """
     import os
 
-    out = default_report["out"]
+    out, report = default_report["out"], default_report["report"]
     produced = sorted(p for p in out.glob("*.json") if p.name != "report.json")
     assert produced
     update = os.environ.get("LANDSCAPE_UPDATE_GOLDEN", "") not in ("", "0")
     if not update:
         missing = {p.name for p in produced} - {g.name for g in _golden_files()}
         assert not missing, f"no golden for {sorted(missing)}; create them with LANDSCAPE_UPDATE_GOLDEN=1"
+    kind_of = {f: rec["kind"] for rec in report["figures"] for f in rec["files"]}
     for path in produced:
         values = json.loads(path.read_text())["values"]
-        assert_plotted_values(values, GOLDEN / path.name, **_tolerance(path.stem))
-
-
-def _tolerance(stem: str) -> dict:
-    """Golden tolerances per figure: tight where the numbers are exact, looser where they are iterative."""
-    if stem.startswith(("eigen-ratio", "spectral-density")):
-        return {"rtol": 1e-2, "atol": 1e-5}  # Lanczos stops at a relative residual of 1e-3
-    if stem.startswith(("tsne", "hypersphere")):
-        return {"rtol": 1e-3, "atol": 1e-3}  # t-SNE amplifies last-bit differences of the features
-    return {"rtol": 1e-4, "atol": 1e-6}
+        assert_plotted_values(values, GOLDEN / path.name, **KINDS[kind_of[path.name]].tolerance)
 
 
 def test_only_and_seed_override(tmp_path):
@@ -160,3 +155,94 @@ def test_only_and_seed_override(tmp_path):
     report = build_report(spec, out_root=tmp_path, quiet=True, root=ROOT, only=["contours"], seed=3)
     assert [r["id"] for r in report["figures"]] == ["contours"] and report["seed"] == 3
     assert report["figures"][0]["seed"] == 3
+
+
+PORTABILITY = """\
+name = "portability"
+data = "digits"
+seed = 0
+
+[models]
+ce = "trained_models/mlp-ce.safetensors"
+mam = "trained_models/mlp-mam-softmax.safetensors"
+cnn_ce = "trained_models/cnn-ce.safetensors"
+
+[[figure]]
+kind = "contour"
+models = ["ce", "mam"]
+grid = 9
+subset = 120
+
+[[figure]]
+kind = "interpolation"
+models = ["ce"]
+steps = 11
+
+[[figure]]
+kind = "eigen_ratio"
+models = ["ce"]
+grid = 3
+subset = 120
+contour_grid = 5
+
+[[figure]]
+kind = "spectral_density"
+models = ["mam"]
+probes = 2
+steps = 20
+subset = 120
+
+[[figure]]
+kind = "tsne"
+models = ["ce"]
+
+[[figure]]
+kind = "hypersphere"
+models = ["mam"]
+
+[[figure]]
+kind = "phenotype_curves"
+losses = ["A2", "adma(a=0.1)", "CE"]
+
+[[figure]]
+kind = "gradcam"
+models = ["cnn_ce"]
+images = 3
+"""
+
+# Another CPU as far as one machine can play it: torch's portable kernels instead of its vectorised
+# ones, MKL restricted to SSE4.2, OpenBLAS's oldest x86-64 kernels, one OpenMP thread, two torch threads.
+OTHER_CPU = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "OPENBLAS_CORETYPE": "Prescott",
+             "OMP_NUM_THREADS": "1", "LANDSCAPE_TEST_THREADS": "2"}
+
+
+def _render_in_subprocess(spec: Path, out: Path, env: dict) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys, torch; torch.set_num_threads(int(os.environ.get('LANDSCAPE_TEST_THREADS', '1')));"
+            "from viz.report import build_report;"
+            "build_report(sys.argv[1], out_root=sys.argv[2], quiet=True, root=sys.argv[3])")
+    proc = subprocess.run([sys.executable, "-c", code, str(spec), str(out), str(ROOT)], capture_output=True,
+                          text=True, env={**os.environ, "MPLBACKEND": "Agg", **env}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "portability" / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_kind_tolerances_hold_across_cpu_kernels_and_thread_counts(tmp_path):
+    """What a golden made on one machine meets on another: every kind's declared tolerance must cover
+    the differences between kernel sets and thread counts (issue: goldens failed on a fresh machine)."""
+    spec = write_spec(tmp_path, PORTABILITY)
+    here = _render_in_subprocess(spec, tmp_path / "here", {"OMP_NUM_THREADS": "2", "LANDSCAPE_TEST_THREADS": "1"})
+    _render_in_subprocess(spec, tmp_path / "there", OTHER_CPU)
+    kinds = {rec["kind"] for rec in here["figures"]}
+    assert kinds == {"contour", "interpolation", "eigen_ratio", "spectral_density", "tsne", "hypersphere",
+                     "phenotype_curves", "gradcam"}
+    for rec in here["figures"]:
+        for f in rec["files"]:
+            if f.endswith(".json"):
+                a = json.loads((tmp_path / "here" / "portability" / f).read_text())["values"]
+                b = json.loads((tmp_path / "there" / "portability" / f).read_text())["values"]
+                assert_plotted_values(b, a, **KINDS[rec["kind"]].tolerance)

@@ -60,6 +60,7 @@ class Kind:
     compute_options: dict[str, Any]
     style_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     uses_models: bool = True
+    tolerance: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(EXACT))
 
     def options(self) -> dict[str, Any]:
         return {**self.compute_options, **self.style_options}
@@ -67,12 +68,24 @@ class Kind:
 
 KINDS: dict[str, Kind] = {}
 
+# Golden tolerances (keyword arguments of landscape.testing.assert_plotted_values), chosen by how a
+# kind's numbers are computed. Values measured between thread counts and CPU kernel sets
+# (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, OPENBLAS_CORETYPE) stay 100x inside them.
+EXACT = {"rtol": 1e-4, "atol": 1e-6}  # forward passes and closed forms: ~1e-7 relative between machines
+ITERATIVE = {"rtol": 1e-2, "atol": 1e-5}  # Lanczos stops at a relative residual of 1e-3: ~1e-5 measured
 
-def kind(name: str, help: str, compute_options: dict, style_options: dict | None = None, uses_models: bool = True):
-    """Register a figure kind from a pair of functions ``(compute, draw)`` (decorates ``draw``)."""
+
+def kind(name: str, help: str, compute_options: dict, style_options: dict | None = None, uses_models: bool = True,
+         tolerance: dict | None = None):
+    """Register a figure kind from a pair of functions ``(compute, draw)`` (decorates ``draw``).
+
+    ``tolerance`` is how closely its plotted values are expected to agree between machines
+    (keyword arguments of :func:`landscape.testing.assert_plotted_values`; default :data:`EXACT`).
+    """
     def deco(pair):
         compute, draw = pair
-        KINDS[name] = Kind(name, help, compute, draw, compute_options, style_options or {}, uses_models)
+        KINDS[name] = Kind(name, help, compute, draw, compute_options, style_options or {}, uses_models,
+                           dict(tolerance or EXACT))
         return pair
 
     return deco
@@ -146,7 +159,6 @@ def load_spec(path: str | Path) -> tuple[dict, str]:
         For TOML syntax errors, unknown top-level keys, models, figure kinds or options,
         with the line number.
     """
-    _load_kinds()
     path = Path(path)
     if not path.exists():
         raise SpecError(f"report spec {path} does not exist; the default is reports/default.toml.")
@@ -202,11 +214,6 @@ def validate_spec(spec: dict, text: str, path: Path | str = "spec") -> None:
 
 
 # -- rendering -----------------------------------------------------------------------------
-def _load_kinds() -> None:
-    """Import the module that registers the figure kinds (kept apart to keep this one short)."""
-    from . import kinds  # noqa: F401
-
-
 def figure_id(n: int, fig: dict) -> str:
     return fig.get("id") or f"{n + 1:02d}-{fig['kind']}"
 
@@ -314,3 +321,8 @@ provenance of every figure in <a href="report.json">report.json</a>.</p>
     with atomic_path(path) as tmp:
         tmp.write_text(page)
     return path
+
+
+# The figure kinds live in their own module, which registers them in KINDS on import; importing it
+# here (after everything it uses is defined) means KINDS is full wherever viz.report is imported.
+from . import kinds as _kinds  # noqa: E402,F401
