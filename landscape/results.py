@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -20,6 +21,29 @@ from .io import atomic_path, to_jsonable
 
 R = TypeVar("R", bound="Result")
 _REGISTRY: dict[str, type["Result"]] = {}
+
+# Where the toolkit's own result types live, so that ``Result.load`` finds a type in a fresh process
+# before anything imported its module (a second ``landscape report`` over its cache loads results
+# first). A name is looked up only in this table, never imported from what a file says.
+# tests/test_results.py checks that every Result subclass of the package is listed.
+RESULT_MODULES = {
+    "Surface": "surface", "Curve": "surface",
+    "Directions": "directions",
+    "EigenMap": "hessian", "Density": "hessian",
+    "Features": "features",
+    "Embedding": "embedding", "Sphere": "embedding", "StatsTable": "embedding",
+    "Phenotype": "phenotype", "PhenotypeDifference": "phenotype",
+    "CAM": "gradcam",
+}
+
+
+def result_class(name: str) -> type["Result"] | None:
+    """The result class called ``name``: registered by a subclass already imported, or one of the toolkit's own."""
+    if name not in _REGISTRY and name in RESULT_MODULES:
+        import importlib
+
+        importlib.import_module(f"landscape.{RESULT_MODULES[name]}")
+    return _REGISTRY.get(name)
 
 
 @dataclasses.dataclass
@@ -75,9 +99,14 @@ class Result:
             with np.load(path, allow_pickle=False) as npz:
                 header = json.loads(str(npz["__header__"]))
                 arrays = {k: npz[k] for k in npz.files if k != "__header__"}
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise ArgumentError(f"{path} is not a result file written by Result.save ({exc}).") from exc
-        target = _REGISTRY.get(header["class"], cls)
+        if not isinstance(header, dict) or not isinstance(header.get("fields"), dict):
+            raise ArgumentError(f"{path} is not a result file written by Result.save (no header).")
+        target = result_class(str(header.get("class")))
+        if target is None:
+            raise ArgumentError(f"{path} holds a {header.get('class')!r} result, a type this process does not know; "
+                                "import the module that defines it before loading.")
         if cls is not Result and not issubclass(target, cls):
             raise ArgumentError(f"{path} holds a {header['class']}, not a {cls.__name__}; load it with {header['class']}.load.")
         fields = dict(header["fields"])

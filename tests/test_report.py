@@ -246,3 +246,27 @@ def test_kind_tolerances_hold_across_cpu_kernels_and_thread_counts(tmp_path):
                 a = json.loads((tmp_path / "here" / "portability" / f).read_text())["values"]
                 b = json.loads((tmp_path / "there" / "portability" / f).read_text())["values"]
                 assert_plotted_values(b, a, **KINDS[rec["kind"]].tolerance)
+
+
+@pytest.mark.slow
+def test_second_report_over_the_cache_in_fresh_processes(tmp_path):
+    """The main job run twice: the second run loads every result from the cache in a new interpreter."""
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path, SMALL.format(grid=5, style="") + '\n[[figure]]\nkind = "interpolation"\n'
+                      'models = ["ce"]\nsteps = 5\n\n[[figure]]\nkind = "hypersphere"\nmodels = ["mam"]\n')
+    for attempt in ("first", "second"):
+        proc = run_cli("report", spec, "--out", tmp_path, "--quiet")
+        assert proc.returncode == 0, (attempt, proc.stderr)
+    report = json.loads((tmp_path / "small" / "report.json").read_text())
+    assert all(c["cached"] for r in report["figures"] for c in r["cache"])
+    code = ("import sys, pathlib, landscape as ls\n"
+            "for p in sorted(pathlib.Path(sys.argv[1]).glob('*.npz')):\n"
+            "    print(p.name, type(ls.Result.load(p)).__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "small" / ".cache")], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    loaded = dict(line.split() for line in proc.stdout.splitlines())
+    assert loaded and "Result" not in loaded.values()
+    assert {"Surface", "Curve", "Phenotype", "Sphere"} <= set(loaded.values()), loaded
