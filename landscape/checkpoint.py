@@ -255,8 +255,61 @@ def build_criterion(meta: Mapping[str, Any]) -> nn.Module:
     return build(name, **kwargs)
 
 
+def _check_meta(meta: Any, path: Path) -> dict:
+    """The meta as a plain dict whose entries have the types the rest of the toolkit relies on."""
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{path}: the meta must be a JSON object (a dict), got {type(meta).__name__}; "
+                              "pass meta={'arch': ..., 'num_classes': ..., ...}.")
+    meta = dict(meta)
+
+    def bad(key: str, want: str):
+        raise CheckpointError(f"{path}: meta[{key!r}] must be {want}, got {meta[key]!r}; fix the meta in the file or "
+                              f"pass meta={{{key!r}: ...}} to override it.")
+
+    for key in ("arch_kwargs", "loss_kwargs", "metrics"):
+        if meta.get(key) is not None and not isinstance(meta[key], Mapping):
+            bad(key, "a dict")
+    for key in ("arch", "loss", "dataset"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            bad(key, "a string")
+    nc = meta.get("num_classes")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
+        bad("num_classes", "a positive integer")
+    shape = meta.get("input_shape")
+    if shape is not None and (not isinstance(shape, (list, tuple)) or not shape
+                              or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        bad("input_shape", "a list of positive integers such as [3, 32, 32]")
+    classes = meta.get("classes")
+    if classes is not None and not isinstance(classes, (list, tuple)):
+        bad("classes", "a list of class names")
+    norm = meta.get("normalization")
+    if norm:
+        if not isinstance(norm, Mapping) or not {"mean", "std"} <= set(norm):
+            bad("normalization", "{'mean': [...], 'std': [...]} with one value per channel")
+        mean, std = norm["mean"], norm["std"]
+        mean, std = ([mean] if isinstance(mean, (int, float)) else mean), ([std] if isinstance(std, (int, float)) else std)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*mean, *std]) \
+                or len(mean) != len(std) or any(v <= 0 for v in std):
+            bad("normalization", "{'mean': [...], 'std': [...]}: numbers, as many means as deviations, deviations > 0")
+        if shape and len(mean) not in (1, shape[0]):
+            raise CheckpointError(f"{path}: meta['normalization'] has {len(mean)} channel(s) but meta['input_shape'] "
+                                  f"{list(shape)} has {shape[0]}; give one mean and std per channel.")
+    return meta
+
+
+def _warn_non_finite(model: nn.Module, path: Path) -> None:
+    """Warn once, naming them, when weights hold NaN or inf (a diverged run): every number will be NaN."""
+    import warnings
+
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        warnings.warn(f"{path}: {len(bad)} tensor(s) hold NaN or inf values ({', '.join(bad[:5])}"
+                      f"{' ...' if len(bad) > 5 else ''}); the training run probably diverged, and losses computed "
+                      "from these weights will be NaN.", RuntimeWarning, stacklevel=3)
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto", arch: str | None = None,
-                    meta: Mapping[str, Any] | None = None) -> Checkpoint:
+                    meta: Mapping[str, Any] | None = None, *, trust_code: bool = False) -> Checkpoint:
     """Load a checkpoint as data and rebuild its model and training objective.
 
     Parameters
@@ -268,10 +321,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda[:N]"``.
     arch : str, optional
         Architecture name or ``"module:Class"``; overrides ``meta["arch"]``. Needed for a bare
-        state_dict without meta.
+        state_dict without meta. A path given here is trusted: you named it.
     meta : dict, optional
         Meta entries supplied by the caller (for bare state_dicts and Lightning files);
         they override what the file holds.
+    trust_code : bool
+        Let the file's own meta name a ``"module:Class"`` architecture. Off by default: a file's
+        meta may name only registered architectures, because importing a module runs its code.
 
     Returns
     -------
@@ -281,24 +337,29 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
     Raises
     ------
     CheckpointError
-        Missing, empty, truncated, corrupted, unsafe or mismatched files.
+        Missing, empty, truncated, corrupted, unsafe or mismatched files; meta of the wrong types;
+        a code path in the file's meta without ``trust_code``.
     """
     path = Path(path)
     state, file_meta, kind = read_checkpoint_file(path)
-    full = {**file_meta, **dict(meta or {})}
+    file_meta = _check_meta(file_meta, path)
+    full = _check_meta({**file_meta, **dict(_check_meta(meta or {}, path))}, path)
     if arch is not None:
         full["arch"] = arch
     if not full.get("arch"):
         raise CheckpointError(f"{path}: no architecture known for this {kind} checkpoint; pass arch='mlp' "
                               f"(or 'module:Class') and meta={{'input_shape': ..., 'num_classes': ...}}, or --arch on the CLI.")
+    # a code path is followed only if the caller named it (arch=, meta=) or opted in for the file's own
+    named_by_caller = arch is not None or (meta is not None and "arch" in meta)
     try:
         model = models.build(full["arch"], input_shape=full.get("input_shape"), num_classes=full.get("num_classes"),
-                             **dict(full.get("arch_kwargs") or {}))
+                             trust_code=trust_code or named_by_caller, **dict(full.get("arch_kwargs") or {}))
     except ArchitectureError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     if kind == "lightning":
         state = _strip_prefix(state, set(model.state_dict()))
     _load_state(model, state, path)
+    _warn_non_finite(model, path)
     try:
         criterion = build_criterion(full)
     except LossError as exc:

@@ -110,6 +110,12 @@ def load_dataset(spec: str = "digits", split: str = "test") -> Dataset:
     return data
 
 
+def spec_needs_file(spec: str) -> bool:
+    """Whether loading ``spec`` reads files named in it (everything but the embedded ``digits``)."""
+    kind, _, path = str(spec).partition(":")
+    return bool(path) or kind not in ("digits",)
+
+
 def as_dataset(data: "Dataset | str", n_samples: int | None = None, seed: int = 0) -> Dataset:
     """A :class:`Dataset` (a spec string loads its test split), optionally a seeded subset."""
     if isinstance(data, str):
@@ -280,4 +286,4 @@ def normalization_of(data: Dataset) -> dict[str, list[float]]:
     return {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
 
 
-__all__ = ["Dataset", "load_dataset", "normalization_of", "SPLITS"]
+__all__ = ["Dataset", "load_dataset", "normalization_of", "spec_needs_file", "SPLITS"]

@@ -6,13 +6,18 @@ Every zoo model maps an input batch ``(N, C, H, W)`` to logits and exposes
 * ``head``: the final ``nn.Linear(d, num_classes)``, so margin losses see features and
   classifier weights (``forward(x) == head(features(x))``).
 
-A user's own architecture plugs in with :func:`register` or as a ``"module:Class"`` path.
+A user's own architecture plugs in with :func:`register`, or as a ``"module:Class"`` path that
+is imported only when the user opts in (see :func:`resolve`): a checkpoint's meta is data and
+never decides which code runs.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import math
+import os
+import sys
 from typing import Callable, Sequence
 
 import torch
@@ -40,30 +45,92 @@ def names() -> list[str]:
     return sorted(_ARCHS)
 
 
-def _resolve(name: str) -> Callable[..., nn.Module]:
+def is_code_path(name: str) -> bool:
+    """Whether an architecture name is a ``"module:Class"`` path (code to import) rather than a registered name."""
+    return isinstance(name, str) and ":" in name and name not in _ARCHS
+
+
+@contextlib.contextmanager
+def _without_current_directory():
+    """Import with the current directory off ``sys.path``.
+
+    ``python -m`` and an interactive interpreter put the current directory first on the path, so
+    a file ``evilmod.py`` lying next to the user would be imported by ``"evilmod:X"``. Only
+    installed packages and folders the user put on ``PYTHONPATH`` count.
+    """
+    keep = {os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    cwd = os.path.abspath(os.getcwd())
+    saved = list(sys.path)
+    sys.path[:] = [p for p in saved if os.path.abspath(p or ".") != cwd or os.path.abspath(p or ".") in keep]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def _import_class(name: str) -> type[nn.Module]:
+    """The ``nn.Module`` subclass named by ``"module:Class"``; anything else is refused before it is called."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr or not all(part.isidentifier() for part in module_name.split(".") + attr.split(".")):
+        raise ArchitectureError(f"architecture {name!r} is not a 'package.module:Class' path.")
+    try:
+        with _without_current_directory():
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ArchitectureError(f"architecture {name!r}: cannot import module {module_name!r} ({exc}); install it or "
+                                "put its folder on PYTHONPATH (the current directory is never searched).") from exc
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+    if obj is None:
+        raise ArchitectureError(f"architecture {name!r}: module {module_name!r} has no attribute {attr!r}.")
+    if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
+        raise ArchitectureError(f"architecture {name!r} is a {type(obj).__name__}, not an nn.Module subclass; a "
+                                "'module:Class' path must name a model class (register a builder function with "
+                                "landscape.models.register instead).")
+    return obj
+
+
+def resolve(name: str, trust_code: bool = False) -> Callable[..., nn.Module]:
+    """The builder of architecture ``name``: a registered name, or with ``trust_code`` a ``"module:Class"`` path.
+
+    Parameters
+    ----------
+    name : str
+        A registered architecture (see :func:`names`) or ``"package.module:Class"``.
+    trust_code : bool
+        Allow a ``"module:Class"`` path. Importing a module runs its code, so a path is followed
+        only when the user asks for it (``arch=`` or ``trust_code=True`` in the API,
+        ``--arch``/``--trust-code`` on the CLI), never because a file's meta says so; even then
+        it must name an ``nn.Module`` subclass.
+
+    Raises
+    ------
+    ArchitectureError
+        Unknown name, an untrusted code path, or a path that is not a model class.
+    """
+    if not isinstance(name, str) or not name:
+        raise ArchitectureError(f"architecture must be a name such as 'mlp', got {name!r}.")
     if name in _ARCHS:
         return _ARCHS[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ArchitectureError(f"architecture {name!r}: cannot import module {module_name!r} ({exc}); "
-                                    "make sure it is on PYTHONPATH.") from exc
-        try:
-            return getattr(module, attr)
-        except AttributeError:
-            raise ArchitectureError(f"architecture {name!r}: module {module_name!r} has no attribute {attr!r}.") from None
+        if not trust_code:
+            raise ArchitectureError(
+                f"architecture {name!r} is a code path, and importing it would run code; a checkpoint's meta may "
+                f"name only registered architectures ({', '.join(names())}). If you trust this file, opt in with "
+                "trust_code=True (API) or --trust-code (CLI), or name the class yourself with arch=/--arch.")
+        return _import_class(name)
     raise ArchitectureError(f"unknown architecture {name!r}; register it with landscape.models.register or "
                             f"give a 'module:Class' path.{did_you_mean(name, _ARCHS)}")
 
 
-def build(name: str, input_shape: Sequence[int] | None = None, num_classes: int | None = None, **kwargs) -> nn.Module:
-    """Build architecture ``name`` (a registered name or ``"module:Class"``).
+def build(name: str, input_shape: Sequence[int] | None = None, num_classes: int | None = None, *,
+          trust_code: bool = False, **kwargs) -> nn.Module:
+    """Build architecture ``name`` (a registered name, or with ``trust_code`` a ``"module:Class"`` path).
 
     ``input_shape`` and ``num_classes`` are passed only to builders that accept them.
     """
-    builder = _resolve(name)
+    builder = resolve(name, trust_code=trust_code)
     try:
         params = inspect.signature(builder).parameters
         accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -75,9 +142,12 @@ def build(name: str, input_shape: Sequence[int] | None = None, num_classes: int 
     if num_classes is not None and ("num_classes" in params or accepts_any):
         extra["num_classes"] = int(num_classes)
     try:
-        return builder(**extra, **kwargs)
+        model = builder(**extra, **kwargs)
     except TypeError as exc:
         raise ArchitectureError(f"architecture {name!r} rejected its arguments {kwargs}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ArchitectureError(f"architecture {name!r} returned a {type(model).__name__}, not an nn.Module.")
+    return model
 
 
 # -- the zoo -------------------------------------------------------------------------------

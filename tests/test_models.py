@@ -67,14 +67,18 @@ def test_register_and_module_path(tmp_path, monkeypatch):
                 return self.head(self.features(x))
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    net = models.build("user_arch:Net", input_shape=(1, 8, 8), num_classes=3, width=4)
+    with pytest.raises(ArchitectureError, match="trust_code=True"):
+        models.build("user_arch:Net", input_shape=(1, 8, 8), num_classes=3, width=4)
+    net = models.build("user_arch:Net", input_shape=(1, 8, 8), num_classes=3, width=4, trust_code=True)
     assert net.head.out_features == 3
-    # a user architecture saved and loaded through a checkpoint
+    # a user architecture saved and loaded through a checkpoint: only when the user opts in
     meta = {"arch": "user_arch:Net", "arch_kwargs": {"width": 4}, "num_classes": 3, "input_shape": [1, 8, 8]}
     path = ls.save_checkpoint(tmp_path / "u.safetensors", net, meta)
-    ck = ls.load_checkpoint(path)
+    with pytest.raises(ls.errors.CheckpointError, match="--trust-code"):
+        ls.load_checkpoint(path)
     x = torch.randn(2, 1, 8, 8)
-    assert torch.allclose(ck.model(x), net.eval()(x))
+    for ck in (ls.load_checkpoint(path, trust_code=True), ls.load_checkpoint(path, arch="user_arch:Net")):
+        assert torch.allclose(ck.model(x), net.eval()(x))
     sys.modules.pop("user_arch", None)
 
 
@@ -82,7 +86,7 @@ def test_register_and_module_path(tmp_path, monkeypatch):
                                       ("landscape.models:Nope", "has no attribute 'Nope'")])
 def test_unknown_architectures(name, msg):
     with pytest.raises(ArchitectureError, match=msg):
-        models.build(name)
+        models.build(name, trust_code=True)
 
 
 def test_bad_arch_kwargs():

@@ -29,6 +29,35 @@ def add_common(parser: argparse.ArgumentParser, out: str | None = None) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     g.add_argument("--out", default=out, help=f"output folder{f' (default: {out})' if out else ''}")
     g.add_argument("--quiet", action="store_true", help="no progress bars or chatter")
+    g.add_argument("--trust-code", action="store_true",
+                   help="let a checkpoint's meta name a 'module:Class' architecture (importing it runs its code)")
+
+
+def load_checkpoint(args: argparse.Namespace, path, device: str | None = None):
+    """Load a checkpoint the way every subcommand does: ``--device``, ``--arch`` and ``--trust-code`` applied."""
+    import landscape as ls
+
+    return ls.load_checkpoint(path, device=device or args.device, arch=getattr(args, "arch", None),
+                              trust_code=getattr(args, "trust_code", False))
+
+
+def data_spec(args: argparse.Namespace, ck) -> str:
+    """``--data``, else the dataset the checkpoint's meta names when that needs no file, else digits.
+
+    A checkpoint's meta is a hint, never an instruction to read a file: a spec with a path in it
+    (``cifar10:/data``) is used only when the user names it with ``--data``.
+    """
+    from landscape.data import spec_needs_file
+
+    if getattr(args, "data", None):
+        return args.data
+    hint = ck.meta.get("dataset")
+    if not hint:
+        return "digits"
+    if spec_needs_file(hint):
+        raise ArgumentError(f"checkpoint {ck.name!r} was trained on {hint!r}, which is read from files; a checkpoint "
+                            f"never chooses what to read: pass --data {hint} (or another dataset spec) to use it.")
+    return hint
 
 
 def add_plane_options(parser: argparse.ArgumentParser, grid: str, chunk_size: int) -> None:

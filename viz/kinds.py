@@ -97,7 +97,7 @@ def _trajectory_compute(ctx, opts):
         from landscape.errors import SpecError
 
         raise SpecError(f"trajectory: {opts['snapshots']} holds {len(paths)} snapshots; it needs at least 2.")
-    snaps = [ls.load_checkpoint(p, device="cpu") for p in paths]
+    snaps = [ls.load_checkpoint(p, device="cpu", trust_code=ctx.trust_code) for p in paths]
     path = [s for s in snaps if s.digest != ck.digest] + [ck]  # the path ends at the centre
     base = {"ck": ck.digest, "snapshots": [s.digest for s in path]}
     dirs = ctx.cached("trajectory-dirs", base, lambda: trajectory_directions([s.model for s in path], n=2))

@@ -95,8 +95,9 @@ def kind(name: str, help: str, compute_options: dict, style_options: dict | None
 class Context:
     """What figure functions share: loaded checkpoints, datasets, seed, device and the result cache."""
 
-    def __init__(self, spec: dict, root: Path, out: Path, device: str, quiet: bool):
+    def __init__(self, spec: dict, root: Path, out: Path, device: str, quiet: bool, trust_code: bool = False):
         self.spec, self.root, self.out, self.device, self.quiet = spec, root, out, device, quiet
+        self.trust_code = bool(trust_code or spec.get("trust_code", False))
         self.seed = int(spec.get("seed", 0))
         self.data_spec = spec.get("data", "digits")
         self.models: dict[str, str] = dict(spec.get("models", {}))
@@ -108,7 +109,8 @@ class Context:
     def checkpoint(self, name: str) -> ls.Checkpoint:
         if name not in self._ck:
             path = Path(self.models[name])
-            self._ck[name] = ls.load_checkpoint(path if path.is_absolute() else self.root / path, device=self.device)
+            self._ck[name] = ls.load_checkpoint(path if path.is_absolute() else self.root / path, device=self.device,
+                                                trust_code=self.trust_code)
         return self._ck[name]
 
     def data(self, split: str = "test", spec: str | None = None) -> ls.Dataset:
@@ -137,7 +139,7 @@ class Context:
 
 
 # -- spec loading and validation -----------------------------------------------------------
-TOP_LEVEL = {"name", "title", "data", "seed", "device", "models", "figure", "description"}
+TOP_LEVEL = {"name", "title", "data", "seed", "device", "models", "figure", "description", "trust_code"}
 
 
 def _line_of(text: str, pattern: str, start: int = 0) -> int:
@@ -220,10 +222,12 @@ def figure_id(n: int, fig: dict) -> str:
 
 def build_report(spec_path: str | Path, out_root: str | Path = "reports", device: str = "auto",
                  quiet: bool = False, only: list[str] | None = None, root: str | Path = ".",
-                 seed: int | None = None) -> dict:
+                 seed: int | None = None, trust_code: bool = False) -> dict:
     """Render every figure of a spec into ``<out_root>/<name>/`` and return the provenance record.
 
     ``seed`` overrides the spec's seed; ``only`` renders the figures with these ids or kinds.
+    ``trust_code`` (or ``trust_code = true`` in the spec) lets the checkpoints' meta name
+    ``module:Class`` architectures.
     """
     spec, _ = load_spec(spec_path)
     if seed is not None:
@@ -236,7 +240,7 @@ def build_report(spec_path: str | Path, out_root: str | Path = "reports", device
     root = Path(root)
     out = Path(out_root) / spec["name"]
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(spec, root, out, spec.get("device", device) if device == "auto" else device, quiet)
+    ctx = Context(spec, root, out, spec.get("device", device) if device == "auto" else device, quiet, trust_code)
     for name, p in ctx.models.items():
         full = Path(p) if Path(p).is_absolute() else root / p
         if not full.exists():

@@ -47,7 +47,7 @@ def _model(args):
     import landscape as ls
 
     if args.checkpoint:
-        return ls.load_checkpoint(args.checkpoint, device=args.device)
+        return ls.load_checkpoint(args.checkpoint, device=args.device, trust_code=getattr(args, "trust_code", False))
     from landscape.train import Recipe, fit
 
     model, meta = fit(Recipe("bench-hessian", "mlp", arch_kwargs={"hidden": [16, 8]}, epochs=20))

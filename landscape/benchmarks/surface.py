@@ -125,7 +125,7 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(int(args.threads))
-    ck = ls.load_checkpoint(args.checkpoint, device=args.device)
+    ck = ls.load_checkpoint(args.checkpoint, device=args.device, trust_code=getattr(args, "trust_code", False))
     data = ls.load_dataset(args.data, split="test").subset(args.samples, seed=args.seed)
     x, y = ck.prepare(data)
     n = int(args.grid)

@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from landscape.io import atomic_path
-from viz.cli import add_common
+from viz.cli import add_common, data_spec, load_checkpoint
 
 EPILOG = """examples:
   landscape embed trained_models/mlp-ce.safetensors
@@ -60,7 +60,7 @@ def register(sub) -> None:
 def _dataset(args, ck, split: str):
     import landscape as ls
 
-    spec = args.data or ck.meta.get("dataset") or "digits"
+    spec = data_spec(args, ck)
     return ls.load_dataset(spec, split=split).subset(args.samples, seed=args.seed)
 
 
@@ -80,7 +80,7 @@ def run(args) -> int:
     from landscape.embedding import by_name, compare_stats
 
     out = Path(args.out)
-    cks = by_name([ls.load_checkpoint(path, device=args.device, arch=args.arch) for path in args.checkpoints])
+    cks = by_name([load_checkpoint(args, path) for path in args.checkpoints])
     feats = {name: _features(args, ck, args.split) for name, ck in cks.items()}
     table = compare_stats(feats, seed=args.seed)
     written = _write_table(args, table, out)

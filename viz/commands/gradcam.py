@@ -14,7 +14,7 @@ import numpy as np
 import landscape as ls
 from landscape.errors import ArgumentError
 from landscape.gradcam import METHODS, gradcam
-from viz.cli import add_common
+from viz.cli import add_common, data_spec, load_checkpoint
 
 EPILOG = """examples:
   landscape gradcam trained_models/cnn-ce.safetensors --out runs/gradcam
@@ -62,11 +62,11 @@ def run(args) -> int:
     from viz.gradcam import gradcam_compare, gradcam_grid
 
     out = Path(args.out)
-    checkpoints = [ls.load_checkpoint(path, device=args.device, arch=args.arch) for path in args.checkpoints]
+    checkpoints = [load_checkpoint(args, path) for path in args.checkpoints]
     names = [ck.name for ck in checkpoints]
     if len(set(names)) != len(names):
         names = [f"{i + 1}:{name}" for i, name in enumerate(names)]  # two files with the same stem
-    spec = args.data or checkpoints[0].meta.get("dataset") or "digits"
+    spec = data_spec(args, checkpoints[0])
     images, indices = select(ls.load_dataset(spec, split=args.split), args.images, args.indices, args.seed)
     cams = {}
     for name, ck in zip(names, checkpoints):

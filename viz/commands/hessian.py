@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from viz.cli import add_common, add_plane_options, parse_grid, parse_range
+from viz.cli import add_common, add_plane_options, load_checkpoint, parse_grid, parse_range
 
 EPILOG = """examples:
   landscape hessian trained_models/mlp-ce.safetensors --grid 11 --out runs/hessian-ce
@@ -53,7 +53,7 @@ def run(args) -> int:
     rank, _, device = init_distributed(args.device)
     nx, ny = parse_grid(args.grid, False)
     xr, yr = parse_range(args.range, False)
-    ck = ls.load_checkpoint(args.checkpoint, device=device, arch=args.arch)
+    ck = load_checkpoint(args, args.checkpoint, device)
     data = ls.load_dataset(args.data, split=args.split).subset(args.subset, seed=args.seed)
     out = Path(args.out)
     progress = False if args.quiet else None

@@ -5,7 +5,7 @@ import argparse
 import json
 
 import landscape as ls
-from viz.cli import add_common
+from viz.cli import add_common, data_spec, load_checkpoint
 
 
 def register(sub) -> None:
@@ -22,8 +22,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    ck = ls.load_checkpoint(args.checkpoint, device=args.device, arch=args.arch)
-    spec = args.data or ck.meta.get("dataset") or "digits"
+    ck = load_checkpoint(args, args.checkpoint)
+    spec = data_spec(args, ck)
     loss, acc = ck.evaluate(ls.load_dataset(spec, split=args.split))
     report = {"file": str(args.checkpoint), "meta": ck.meta, "evaluated": {
         "dataset": spec, "split": args.split, "loss": loss, "accuracy": acc, "device": str(ck.device)}}

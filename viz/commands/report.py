@@ -26,5 +26,6 @@ def run(args) -> int:
             opts = ", ".join(f"{o}={v!r}" for o, v in k.options().items())
             print(f"{k.name:22s} {k.help}\n{'':22s} options: {opts}")
         return 0
-    build_report(args.spec, out_root=args.out, device=args.device, quiet=args.quiet, only=args.only, seed=args.seed)
+    build_report(args.spec, out_root=args.out, device=args.device, quiet=args.quiet, only=args.only, seed=args.seed,
+                 trust_code=args.trust_code)
     return 0

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from landscape.errors import ArgumentError
-from viz.cli import add_common, add_plane_options, parse_grid, parse_range
+from viz.cli import add_common, add_plane_options, load_checkpoint, parse_grid, parse_range
 
 EPILOG = """examples:
   landscape surface trained_models/mlp-ce.safetensors --grid 51 --out runs/ce
@@ -49,7 +49,7 @@ def _directions(args, ck, n: int):
     if args.between:
         if len(args.between) != n:
             raise ArgumentError(f"--between needs {n} checkpoint{'s' if n > 1 else ''} for a {'line' if n == 1 else 'plane'}.")
-        return directions_between(ck, *args.between)
+        return directions_between(ck, *[load_checkpoint(args, p, "cpu") for p in args.between])
     if args.dirs:
         from landscape.results import Result
 
@@ -71,7 +71,7 @@ def run(args) -> int:
     rank, _, device = init_distributed(args.device)
     nx, ny = parse_grid(args.grid, args.line)
     xr, yr = parse_range(args.range, args.line)
-    ck = ls.load_checkpoint(args.checkpoint, device=device, arch=args.arch)
+    ck = load_checkpoint(args, args.checkpoint, device)
     data = ls.load_dataset(args.data, split=args.split).subset(args.subset, seed=args.seed)
     out = Path(args.out)
     progress = False if args.quiet else None
