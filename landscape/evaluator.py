@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .directions import Directions
-from .objective import loss_and_logits
+from .objective import Objective
 
 SHORTCUT_BUDGET_BYTES = 1 << 30  # precomputed first-layer parts larger than this fall back to the generic path
 # Combining the precomputed parts costs (n_dirs + 1) reads per output element; running the layer
@@ -143,19 +143,6 @@ def _identity(inp: torch.Tensor) -> torch.Tensor:
     return inp
 
 
-class _Objective(nn.Module):
-    """``(loss, correct[, ce])`` of a model on ``(x, y)``, as one module so ``functional_call`` can swap weights."""
-
-    def __init__(self, model: nn.Module, criterion: nn.Module, with_ce: bool):
-        super().__init__()
-        self.model, self.criterion, self.with_ce = model, criterion, with_ce
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        loss, logits = loss_and_logits(self.model, self.criterion, x, y)
-        correct = (logits.argmax(1) == y).sum()
-        return (loss, correct, F.cross_entropy(logits, y)) if self.with_ce else (loss, correct)
-
-
 @dataclasses.dataclass
 class _Segment:
     """One piece of the flat vector: ``base + sum_i c_i dirs[i]`` reshaped to ``shape``."""
@@ -196,7 +183,7 @@ class GridEvaluator:
                  points_per_batch: int | None = None):
         dirs.check_model(model)
         self.model, self.x, self.y = model, x, y
-        self.objective = _Objective(model, criterion, with_ce).eval()
+        self.objective = Objective(model, criterion, metrics=True, with_ce=with_ce).eval()
         self.fields = ("loss", "accuracy") + (("ce_loss",) if with_ce else ())
         self.n_dirs = dirs.n
         self.batch_size = len(y) if batch_size is None else max(1, int(batch_size))

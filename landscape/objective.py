@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .errors import LossError
 from .models import split_head
@@ -34,6 +35,36 @@ def loss_and_logits(model: nn.Module, criterion: nn.Module, x: torch.Tensor, y: 
     if needs:
         return criterion(logits, y, features=f, weight=w), logits
     return criterion(logits, y), logits
+
+
+class Objective(nn.Module):
+    """A model and its criterion as one module, so ``torch.func.functional_call`` can swap their weights.
+
+    Every computation that evaluates a checkpoint at other weights (surfaces, Hessians, sharpness)
+    calls this one module with a state whose keys are ``model.<name>`` and ``criterion.<name>``.
+
+    Parameters
+    ----------
+    model, criterion : nn.Module
+    metrics : bool
+        ``forward`` returns ``(loss, correct)`` (number of correct top-1 predictions) instead of
+        the loss alone.
+    with_ce : bool
+        With ``metrics``, also return plain cross-entropy: ``(loss, correct, ce)``.
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, *, metrics: bool = False, with_ce: bool = False):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+        self.metrics, self.with_ce = bool(metrics), bool(with_ce)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        """The batch loss, or ``(loss, correct[, ce])`` with ``metrics``."""
+        loss, logits = loss_and_logits(self.model, self.criterion, x, y)
+        if not self.metrics:
+            return loss
+        correct = (logits.argmax(1) == y).sum()
+        return (loss, correct, F.cross_entropy(logits, y)) if self.with_ce else (loss, correct)
 
 
 def evaluate(model: nn.Module, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor,
