@@ -27,30 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ArgumentError, LandscapeError
-from .objective import loss_and_logits
+from .errors import ArgumentError, HessianError
+from .objective import Objective
 
 PARAM_CHOICES = ("all", "matrices")
-
-
-class HessianError(LandscapeError):
-    """The Hessian of this model and loss cannot be computed (an operation without second derivatives)."""
-
-
-class _Objective(nn.Module):
-    """``model`` and ``criterion`` as one module whose forward is the batch loss.
-
-    Wrapping both lets ``torch.func.functional_call`` swap the model's parameters while the
-    loss is still computed by :func:`landscape.objective.loss_and_logits` (features, head weight).
-    """
-
-    def __init__(self, model: nn.Module, criterion: nn.Module):
-        super().__init__()
-        self.model = model
-        self.criterion = criterion
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return loss_and_logits(self.model, self.criterion, x, y)[0]
 
 
 def select_parameters(model: nn.Module, params: str | Sequence[str] = "all") -> list[str]:
@@ -142,7 +122,7 @@ class HessianOperator:
                                 f"{len(y)} labels.")
         model.eval()
         self.model, self.criterion = model, criterion
-        self.objective = _Objective(model, criterion)
+        self.objective = Objective(model, criterion)
         self.dtype, self.params_choice = dtype, params
         self.names = select_parameters(model, params)
         point = dict(point or {})
