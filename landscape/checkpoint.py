@@ -63,6 +63,7 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
+        """Short name: the file stem, else the architecture."""
         return self.path.stem if self.path else str(self.meta.get("arch", "model"))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             header = fh.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: the safetensors file cannot be read ({exc}); it is truncated or corrupted.") from exc
+        raise CheckpointError(f"{path}: the safetensors file cannot be read ({exc}); "
+                              "it is truncated or corrupted.") from exc
     meta = {}
     if SAFETENSORS_META_KEY in header:
         try:
@@ -138,7 +140,8 @@ def _check_zip(path: Path) -> None:
         with zipfile.ZipFile(path) as zf:
             bad = zf.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise CheckpointError(f"{path}: the zip container cannot be read ({exc}); the file is truncated or corrupted.") from exc
+        raise CheckpointError(f"{path}: the zip container cannot be read ({exc}); "
+                              "the file is truncated or corrupted.") from exc
     if bad is not None:
         raise CheckpointError(f"{path}: entry {bad!r} fails its CRC check; the file is truncated or corrupted.")
 
@@ -155,7 +158,8 @@ def _read_torch(path: Path, fmt: str) -> Any:
             "{'state_dict': model.state_dict(), 'meta': {...}} or as .safetensors.") from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, struct.error) as exc:
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); it is truncated or corrupted.") from exc
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); "
+                              "it is truncated or corrupted.") from exc
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -287,7 +291,8 @@ def _check_meta(meta: Any, path: Path) -> dict:
         if not isinstance(norm, Mapping) or not {"mean", "std"} <= set(norm):
             bad("normalization", "{'mean': [...], 'std': [...]} with one value per channel")
         mean, std = norm["mean"], norm["std"]
-        mean, std = ([mean] if isinstance(mean, (int, float)) else mean), ([std] if isinstance(std, (int, float)) else std)
+        mean, std = (([mean] if isinstance(mean, (int, float)) else mean),
+                     ([std] if isinstance(std, (int, float)) else std))
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*mean, *std]) \
                 or len(mean) != len(std) or any(v <= 0 for v in std):
             bad("normalization", "{'mean': [...], 'std': [...]}: numbers, as many means as deviations, deviations > 0")
@@ -348,7 +353,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
         full["arch"] = arch
     if not full.get("arch"):
         raise CheckpointError(f"{path}: no architecture known for this {kind} checkpoint; pass arch='mlp' "
-                              f"(or 'module:Class') and meta={{'input_shape': ..., 'num_classes': ...}}, or --arch on the CLI.")
+                              f"(or 'module:Class') and meta={{'input_shape': ..., 'num_classes': ...}}, "
+                              "or --arch on the CLI.")
     # a code path is followed only if the caller named it (arch=, meta=) or opted in for the file's own
     named_by_caller = arch is not None or (meta is not None and "arch" in meta)
     try:
@@ -382,7 +388,8 @@ def as_checkpoint(ck, device: str | torch.device = "auto") -> Checkpoint:
 
 
 # -- writing -------------------------------------------------------------------------------
-def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, torch.Tensor],
+                    meta: Mapping[str, Any]) -> Path:
     """Write weights and meta atomically (a crash never leaves half a file where a good one was).
 
     The format follows the suffix: ``.safetensors`` (meta in the header) or ``.pt``/``.pth``
@@ -394,7 +401,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module | Mapping[str, tor
     try:
         meta_json = json.dumps(dict(meta))
     except TypeError as exc:
-        raise CheckpointError(f"meta for {path} must be JSON-serialisable (plain numbers, strings, lists, dicts): {exc}") from exc
+        raise CheckpointError(f"meta for {path} must be JSON-serialisable (plain numbers, strings, lists, dicts): "
+                              f"{exc}") from exc
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file

@@ -63,6 +63,7 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample (``x.shape[1:]``)."""
         return tuple(self.x.shape[1:])
 
     def subset(self, n: int | None, seed: int = 0) -> "Dataset":

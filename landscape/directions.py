@@ -98,10 +98,11 @@ class Directions(Result):
         have = [(n, list(p.shape)) for n, p in model.named_parameters()]
         if have != list(zip(self.names, self.shapes)):
             mismatch = next(((a, b) for a, b in zip(have, zip(self.names, self.shapes)) if a != tuple(b)), None)
-            raise ArgumentError("these directions were made for another architecture "
-                                f"({len(self.names)} parameters vs the model's {len(have)}"
-                                f"{f'; first difference: model {mismatch[0]} vs directions {mismatch[1]}' if mismatch else ''}); "
-                                "build directions from this model.")
+            raise ArgumentError(
+                "these directions were made for another architecture "
+                f"({len(self.names)} parameters vs the model's {len(have)}"
+                f"{f'; first difference: model {mismatch[0]} vs directions {mismatch[1]}' if mismatch else ''}); "
+                "build directions from this model.")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -129,7 +130,8 @@ def _as_model(obj, like: nn.Module | None = None) -> nn.Module:
 
 
 def _name(obj) -> str:
-    return str(getattr(obj, "name", None) or (os.fspath(obj) if isinstance(obj, (str, os.PathLike)) else type(obj).__name__))
+    return str(getattr(obj, "name", None)
+               or (os.fspath(obj) if isinstance(obj, (str, os.PathLike)) else type(obj).__name__))
 
 
 def flat_parameters(model: nn.Module) -> np.ndarray:
@@ -171,7 +173,8 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
 
 
 # -- random directions -----------------------------------------------------------------------
-def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter", ignore: str | None = "biasbn") -> Directions:
+def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
+                      ignore: str | None = "biasbn") -> Directions:
     """Seeded Gaussian directions, normalised against the model's weights.
 
     Parameters
@@ -232,7 +235,8 @@ def directions_between(origin, *others) -> Directions:
         One or two checkpoints of the same architecture.
     """
     if len(others) not in (1, 2):
-        raise ArgumentError(f"directions_between takes the origin and one or two other checkpoints, got {len(others)} others.")
+        raise ArgumentError("directions_between takes the origin and one or two other checkpoints, "
+                            f"got {len(others)} others.")
     base = _as_model(origin)
     names, shapes = _layout(base)
     theta0 = flat_parameters(base)

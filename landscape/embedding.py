@@ -238,10 +238,12 @@ class Sphere(Result):
 
     @property
     def dim(self) -> int:
+        """Dimension of the drawn space (2 or 3)."""
         return int(self.points.shape[1])
 
     @property
     def name(self) -> str:
+        """The checkpoint's name from the meta, else ``"features"``."""
         return str(self.meta.get("checkpoint", "features"))
 
 
@@ -387,6 +389,7 @@ class Embedding(Result):
 
     @property
     def name(self) -> str:
+        """The checkpoint's name from the meta, else ``"features"``."""
         return str(self.meta.get("checkpoint", "features"))
 
     @property
@@ -437,9 +440,12 @@ class Embedding(Result):
 
 
 def _one_blas_thread():
-    """Run numpy's BLAS on one thread: t-SNE amplifies the last bits of a threaded reduction
-    (its PCA initialisation and affinities) into different maps, so the map would depend on the
-    thread count. openTSNE's own threads are set by ``n_jobs``."""
+    """Run numpy's BLAS on one thread.
+
+    t-SNE amplifies the last bits of a threaded reduction (its PCA initialisation and affinities)
+    into different maps, so the map would depend on the thread count. openTSNE's own threads are
+    set by ``n_jobs``.
+    """
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")

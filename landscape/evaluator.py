@@ -60,6 +60,7 @@ class Trace:
     outputs: dict[nn.Module, object]
 
     def count(self, module: nn.Module) -> int:
+        """Number of times ``module`` ran in the traced forward pass."""
         return sum(1 for _, m, _ in self.calls if m is module)
 
 
@@ -70,7 +71,8 @@ def trace(model: nn.Module, x: torch.Tensor) -> Trace:
     hooks = []
     for name, m in model.named_modules():
         if any(True for _ in m.parameters(recurse=False)):
-            hooks.append(m.register_forward_pre_hook(lambda mod, args, n=name: calls.append((n, mod, args[0] if args else None))))
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, args, n=name: calls.append((n, mod, args[0] if args else None))))
             hooks.append(m.register_forward_hook(lambda mod, args, out: outputs.setdefault(mod, out)))
     try:
         with torch.inference_mode():
@@ -82,8 +84,10 @@ def trace(model: nn.Module, x: torch.Tensor) -> Trace:
 
 
 def first_layer(tr: Trace, x: torch.Tensor) -> tuple[str, nn.Module, torch.Tensor] | None:
-    """``(name, layer, its input)`` of the first parametrised layer if it is a Linear/Conv2d run once on the data
-    itself (possibly reshaped), else None."""
+    """``(name, layer, its input)`` of the first parametrised layer, or None.
+
+    None unless that layer is a Linear/Conv2d run once on the data itself (possibly reshaped).
+    """
     if not tr.calls:
         return None
     name, module, inp = tr.calls[0]
@@ -95,7 +99,7 @@ def first_layer(tr: Trace, x: torch.Tensor) -> tuple[str, nn.Module, torch.Tenso
 
 
 def batchnorm_pairs(tr: Trace, layers: tuple[type, ...] = _LAYERS) -> dict[nn.Module, tuple[str, nn.Module]]:
-    """``{layer: (bn name, bn)}`` for every layer of type ``layers`` whose output goes straight into an eval batchnorm."""
+    """``{layer: (bn name, bn)}`` for each layer of type ``layers`` whose output feeds an eval batchnorm directly."""
     pairs = {}
     for name, bn, inp in tr.calls:
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.training or bn.running_var is None:
@@ -235,7 +239,8 @@ class GridEvaluator:
                 continue  # nothing moves in this pair: let both run as they are
             k = len(segments)
             segments += self._folded_segments(layer, bn, names)
-            self.patches += [(layer, lambda inp, layer=layer, k=k: _apply(layer, inp, self._views[k], self._views[k + 1])),
+            self.patches += [(layer, lambda inp, layer=layer, k=k: _apply(layer, inp, self._views[k],
+                                                                          self._views[k + 1])),
                              (bn, _identity)]
             covered |= set(names.values()) | set(self._names(bn).values())
         for name, p in self.model.named_parameters():
@@ -277,7 +282,8 @@ class GridEvaluator:
         dev, dtype = self.x.device, next(self.model.parameters()).dtype
         self._shapes = [s.base.shape for s in segments]
         self._bounds = np.cumsum([0] + [s.base.numel() for s in segments]).tolist()
-        flat = lambda ts: torch.cat([t.reshape(-1).to(dev, dtype) for t in ts]) if ts else torch.zeros(0, device=dev, dtype=dtype)  # noqa: E731
+        flat = lambda ts: (torch.cat([t.reshape(-1).to(dev, dtype) for t in ts]) if ts  # noqa: E731
+                           else torch.zeros(0, device=dev, dtype=dtype))
         with torch.no_grad():
             self._base = flat([s.base for s in segments])
             self._dirs = torch.stack([flat([s.dirs[i] for s in segments]) for i in range(self.n_dirs)])
@@ -364,7 +370,8 @@ class GridEvaluator:
         params = {"model." + n: p.detach() + sum(ci * d[n] for ci, d in zip(c, self._dvec))
                   for n, p in self.model.named_parameters()}
         with torch.inference_mode():
-            plain = float(self._batches(lambda xb, yb: functional_call(self.objective, params, (xb, yb), strict=False))[0])
+            plain = float(self._batches(
+                lambda xb, yb: functional_call(self.objective, params, (xb, yb), strict=False))[0])
         if not np.isfinite(plain):
             return True  # nothing to compare against at this point
         return bool(np.isfinite(fast) and np.isclose(fast, plain, rtol=SELF_CHECK_RTOL, atol=1e-7))

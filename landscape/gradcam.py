@@ -110,7 +110,8 @@ class _Subject:
 def _subject(ck: Checkpoint | nn.Module) -> _Subject:
     model = ck.model if isinstance(ck, Checkpoint) else ck
     if not isinstance(model, nn.Module):
-        raise ArgumentError(f"gradcam needs a Checkpoint (ls.load_checkpoint) or an nn.Module, got {type(ck).__name__}.")
+        raise ArgumentError("gradcam needs a Checkpoint (ls.load_checkpoint) or an nn.Module, "
+                            f"got {type(ck).__name__}.")
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     if isinstance(ck, Checkpoint):
@@ -121,7 +122,8 @@ def _subject(ck: Checkpoint | nn.Module) -> _Subject:
     return _Subject(model, lambda x: x, device, dtype, type(model).__name__, "", None, None)
 
 
-def _images(images: Dataset | np.ndarray | torch.Tensor, subject: _Subject) -> tuple[torch.Tensor, np.ndarray | None, str]:
+def _images(images: Dataset | np.ndarray | torch.Tensor,
+            subject: _Subject) -> tuple[torch.Tensor, np.ndarray | None, str]:
     """Raw images ``(N, C, H, W)`` on the model's device and dtype, the labels if known, a name."""
     labels, name = None, "images"
     if isinstance(images, Dataset):

@@ -114,8 +114,8 @@ def run_grid(points: np.ndarray, evaluate: Evaluate, fields: Mapping[str, tuple]
     out = Path(out) if out is not None else None
     existing = progress_files(out) if out is not None else []
     if existing and not resume:
-        raise ResumeError(f"{existing[0]} holds progress of an earlier run; pass resume=True (--resume) to continue it, "
-                          "or delete it to start over.")
+        raise ResumeError(f"{existing[0]} holds progress of an earlier run; "
+                          "pass resume=True (--resume) to continue it, or delete it to start over.")
     done, values = _read_progress(existing, fp, n, fields)
     if world > 1:
         import torch.distributed as dist

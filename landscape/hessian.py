@@ -178,6 +178,7 @@ class Extremes(tuple):
 
     def __new__(cls, lam_min: float, lam_max: float, *, converged: bool, residuals: tuple[float, float], tol: float,
                 hvps: int, vectors: torch.Tensor | None = None):
+        """Build the ``(lam_min, lam_max)`` pair with its convergence record."""
         self = super().__new__(cls, (float(lam_min), float(lam_max)))
         self.converged, self.residuals, self.tol, self.hvps, self.vectors = (
             bool(converged), tuple(float(r) for r in residuals), float(tol), int(hvps), vectors)
@@ -236,8 +237,8 @@ def _operator(ck, data, *, subset, seed, params, dtype, batch_size) -> HessianOp
     if isinstance(ck, HessianOperator):
         return ck
 
-    return HessianOperator.from_checkpoint(as_checkpoint(ck), as_dataset(data, subset, seed), params=params, dtype=dtype,
-                                           batch_size=batch_size)
+    return HessianOperator.from_checkpoint(as_checkpoint(ck), as_dataset(data, subset, seed), params=params,
+                                           dtype=dtype, batch_size=batch_size)
 
 
 def hessian_extremes(ck, data="digits", *, subset: int | None = None, seed: int = 0, params="all",
@@ -574,8 +575,8 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
     op = HessianOperator.from_checkpoint(ck, data, params=params, dtype=dtype, batch_size=batch_size)
     out = grid.result_path(out)
     fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": grid.array_digest(data.y),
-                   "directions": grid.array_digest(dirs.vectors), "points": grid.array_digest(points), "params": op.names,
-                   "dtype": str(dtype), "batch_size": batch_size, "tol": tol, "max_iter": max_iter,
+                   "directions": grid.array_digest(dirs.vectors), "points": grid.array_digest(points),
+                   "params": op.names, "dtype": str(dtype), "batch_size": batch_size, "tol": tol, "max_iter": max_iter,
                    "min_iter": MIN_ITER, "seed": seed,
                    "warm_start": warm_start, "chunk_size": chunk_size, "kind": "eigen_ratio_map"}
     evaluate = _map_chunk(op, ck.model, dirs, tol=tol, max_iter=max_iter, seed=seed, warm_start=warm_start)
@@ -594,9 +595,9 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
     emap = EigenMap(xs, ys, lo, hi, ratio, unsnake(values["loss"]), unsnake(values["hvps"]).astype(np.int64),
                     np.stack([unsnake(values["res_min"]), unsnake(values["res_max"])]),
                     unsnake(values["converged"]).astype(bool), dirs.vectors,
-                    grid.plane_meta(ck, data, dirs, seed, grid=[len(xs), len(ys)], x_range=[float(xs[0]), float(xs[-1])],
-                          y_range=[float(ys[0]), float(ys[-1])], tol=tol, max_iter=max_iter,
-                          params=params if isinstance(params, str) else list(params),
+                    grid.plane_meta(ck, data, dirs, seed, grid=[len(xs), len(ys)],
+                          x_range=[float(xs[0]), float(xs[-1])], y_range=[float(ys[0]), float(ys[-1])],
+                          tol=tol, max_iter=max_iter, params=params if isinstance(params, str) else list(params),
                           dtype=str(dtype).replace("torch.", ""), criterion=str(ck.meta.get("loss") or "ce"),
                           warm_start=warm_start))
     grid.save_result(emap, out)

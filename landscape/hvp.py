@@ -238,6 +238,7 @@ class HessianOperator:
     # -- flattening --------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
+        """Shape ``(P, P)`` of the Hessian over the selected parameters."""
         return (self.size, self.size)
 
     def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -157,9 +157,11 @@ class ZooModel(nn.Module):
     head: nn.Linear
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        """Penultimate features ``(N, d)`` of ``x`` (implemented by subclasses)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, C)``: the head applied to the features."""
         return self.head(self.features(x))
 
 
@@ -192,6 +194,7 @@ class MLP(ZooModel):
         self.head = nn.Linear(width, num_classes, bias=head_bias)
 
     def features(self, x):
+        """Output of the last hidden block."""
         return self.body(x)
 
 
@@ -225,6 +228,7 @@ class CNN(ZooModel):
         self.head = nn.Linear(c3, num_classes, bias=head_bias)
 
     def features(self, x):
+        """Globally average-pooled output of the conv body, flattened."""
         return self.pool(self.body(x)).flatten(1)
 
 
@@ -244,6 +248,7 @@ class Block(nn.Module):
                 self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
+        """ReLU of the two conv-batchnorm layers' output plus the shortcut (if any)."""
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.shortcut is not None:

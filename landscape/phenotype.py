@@ -59,6 +59,7 @@ class Phenotype(Result):
 
     @property
     def label(self) -> str:
+        """Legend label: ``meta["label"]``, else the loss name."""
         return str(self.meta.get("label", self.meta.get("loss", "loss")))
 
 

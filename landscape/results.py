@@ -108,7 +108,8 @@ class Result:
             raise ArgumentError(f"{path} holds a {header.get('class')!r} result, a type this process does not know; "
                                 "import the module that defines it before loading.")
         if cls is not Result and not issubclass(target, cls):
-            raise ArgumentError(f"{path} holds a {header['class']}, not a {cls.__name__}; load it with {header['class']}.load.")
+            raise ArgumentError(f"{path} holds a {header['class']}, not a {cls.__name__}; "
+                                f"load it with {header['class']}.load.")
         fields = dict(header["fields"])
         for name in fields.pop("__array_dicts__", []):
             prefix = name + "/"
@@ -125,7 +126,8 @@ class Result:
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
                 finite = value[np.isfinite(value)] if value.dtype.kind == "f" else value
-                rng = f" range [{finite.min():.4g}, {finite.max():.4g}]" if finite.size and value.dtype.kind in "fiu" else ""
+                rng = (f" range [{finite.min():.4g}, {finite.max():.4g}]"
+                       if finite.size and value.dtype.kind in "fiu" else "")
                 rows[f.name] = f"array {value.shape} {value.dtype}{rng}"
             elif f.name == "meta":
                 rows[f.name] = ", ".join(f"{k}={v}" for k, v in list(value.items())[:8])
@@ -140,5 +142,6 @@ class Result:
     def _repr_html_(self) -> str:
         import html
 
-        rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>" for k, v in self.summary().items())
+        rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>"
+                       for k, v in self.summary().items())
         return f"<table><caption>{type(self).__name__}</caption>{rows}</table>"

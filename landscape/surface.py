@@ -150,8 +150,8 @@ def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarra
         ev = GridEvaluator(ck.model, crit, x, y, dirs, with_ce=with_ce, batch_size=batch_size,
                            shortcut=shortcut, points_per_batch=points_per_batch)
         fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": grid.array_digest(data.y),
-                       "directions": grid.array_digest(dirs.vectors), "points": grid.array_digest(points), "criterion": crit_name,
-                       "fields": list(ev.fields), "batch_size": batch_size}
+                       "directions": grid.array_digest(dirs.vectors), "points": grid.array_digest(points),
+                       "criterion": crit_name, "fields": list(ev.fields), "batch_size": batch_size}
         fields_meta.update(criterion=crit_name)
         return grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
                              fingerprint=fingerprint, resume=resume, chunk_size=chunk_size,

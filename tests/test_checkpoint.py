@@ -37,7 +37,8 @@ def test_round_trip(tmp_path, model, suffix):
     assert ck.meta == META
     assert not ck.model.training
     assert ck.device == torch.device("cpu")
-    assert type(ck.criterion).__name__ == type(ls.losses.build("ce") if hasattr(ls.losses, "build") else ls.losses.get("ce")).__name__
+    assert type(ck.criterion).__name__ == type(ls.losses.build("ce") if hasattr(ls.losses, "build")
+                                               else ls.losses.get("ce")).__name__
     _same_outputs(ck, model)
 
 

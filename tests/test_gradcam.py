@@ -248,8 +248,8 @@ def test_training_flags_restored_and_maps_computed_in_eval_mode(cnn, images):
 def test_dataset_array_tensor_and_plain_module_agree(cnn, images):
     ref = gradcam(cnn, images)
     assert ref.labels is not None and ref.labels.tolist() == images.y.tolist()
-    for given in (images.x, torch.as_tensor(images.x)):
-        got = gradcam(cnn, given)
+    for imgs in (images.x, torch.as_tensor(images.x)):
+        got = gradcam(cnn, imgs)
         np.testing.assert_array_equal(got.maps, ref.maps)
         assert got.labels is None
     x, _ = cnn.prepare(images)  # a plain module gets images as they are: normalise them first

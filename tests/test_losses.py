@@ -54,7 +54,8 @@ def test_bad_parameters_and_specs_say_what_is_wrong(spec, match):
 def test_parse_spec_reads_the_seed_000_combination():
     assert L.parse_spec("0.25*hinge + 0.65*l-softmax(m=4) + 0.34*a-softmax(m=4)") == [
         (0.25, "hinge", {}), (0.65, "l-softmax", {"m": 4}), (0.34, "a-softmax", {"m": 4})]
-    assert L.parse_spec("1e-1*ce+focal(gamma=0.5, alpha=2)") == [(0.1, "ce", {}), (None, "focal", {"gamma": 0.5, "alpha": 2})]
+    assert L.parse_spec("1e-1*ce+focal(gamma=0.5, alpha=2)") == [
+        (0.1, "ce", {}), (None, "focal", {"gamma": 0.5, "alpha": 2})]
 
 
 def test_build_of_a_single_name_merges_parameters_and_round_trips_its_spec():

@@ -28,7 +28,7 @@ def test_two_gloo_ranks_match_the_single_process_surface(tmp_path, digits_test):
            "surface", str(CKPT), "--device", "cpu", "--grid", "9x7", "--range", "-1", "1", "-0.5", "0.5",
            "--samples", "120", "--chunk-size", "5", "--ce", "--no-plots", "--quiet", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "error" in l.lower())[:3000]
+    assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines() if "error" in line.lower())[:3000]
     sharded = Surface.load(out / "surface.npz")
     single = surface(CKPT, digits_test.subset(120, seed=0), x=(-1, 1, 9), y=(-0.5, 0.5, 7), with_ce=True,
                      progress=False)

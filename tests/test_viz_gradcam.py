@@ -54,7 +54,8 @@ def test_grid_draws_the_cam_values():
     scale = np.abs(cam.guided).reshape(3, -1).max(1)
     np.testing.assert_allclose(plot.values["guided_scale"], [scale[0], scale[1], 1.0])
     for i, ax in enumerate(panels(plot, 2)):
-        assert ax.images[0].get_clim() == pytest.approx((-plot.values["guided_scale"][i], plot.values["guided_scale"][i]))
+        assert ax.images[0].get_clim() == pytest.approx((-plot.values["guided_scale"][i],
+                                                         plot.values["guided_scale"][i]))
     plot.close()
 
 
@@ -80,8 +81,8 @@ def test_colour_images_are_drawn_as_rgb():
     plot = gradcam_grid(cam)
     np.testing.assert_array_equal(panels(plot, 0)[0].images[0].get_array(), cam.images[0].transpose(1, 2, 0))
     guided = panels(plot, 2)[0].images[0].get_array()
-    np.testing.assert_allclose(guided, np.clip(0.5 + cam.guided[0].transpose(1, 2, 0) / (2 * np.abs(cam.guided[0]).max()), 0, 1),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        guided, np.clip(0.5 + cam.guided[0].transpose(1, 2, 0) / (2 * np.abs(cam.guided[0]).max()), 0, 1), rtol=1e-6)
     plot.close()
 
 

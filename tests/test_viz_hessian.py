@@ -121,7 +121,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_bench_hessian_prints_every_method(tiny_checkpoint, capsys):
     path = tiny_checkpoint("mlp", hidden=[8], epochs=2)
-    assert main(["bench", "hessian", "--checkpoint", str(path), "--grid", "1", "--samples", "30", "--threads", "1"]) == 0
+    assert main(["bench", "hessian", "--checkpoint", str(path), "--grid", "1", "--samples", "30",
+                 "--threads", "1"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
     assert {"engine", "engine-cold", "li-eigsh", "pyhessian"} <= set(rows)

@@ -100,6 +100,7 @@ def parse_range(values: list[float], line: bool = False) -> tuple[tuple[float, f
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``landscape`` argument parser with every command's subparser."""
     parser = argparse.ArgumentParser(
         prog="landscape",
         description="Loss landscapes, Hessian curvature, feature geometry, loss phenotypes and Grad-CAM "
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command in ``argv``; returns the exit code (2 on a toolkit error, 130 when interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

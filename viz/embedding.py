@@ -220,7 +220,7 @@ def _draw_sphere_mpl(ax, sph: Sphere, title: str, point_size: float, legend: boo
 
 
 def _sphere_traces(sph: Sphere, point_size: float, showlegend: bool) -> list:
-    """plotly traces of one panel: the unit circle or sphere, points by class, centre directions."""
+    """Plotly traces of one panel: the unit circle or sphere, points by class, centre directions."""
     import plotly.graph_objects as go
 
     colors = class_colors(max(len(sph.classes), int(sph.y.max()) + 1))

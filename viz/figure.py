@@ -9,6 +9,7 @@ from landscape.io import atomic_path, write_json
 
 
 def is_plotly(fig: Any) -> bool:
+    """Whether ``fig`` is a plotly figure."""
     return type(fig).__module__.startswith("plotly")
 
 
@@ -34,6 +35,7 @@ class Plot:
 
     @property
     def interactive(self) -> bool:
+        """Whether the figure is plotly (saved as HTML)."""
         return is_plotly(self.fig)
 
     def save(self, stem: str | Path, dpi: int = 130) -> list[Path]:

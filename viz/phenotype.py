@@ -1,5 +1,7 @@
-"""Figures of loss phenotypes: binary curves (seed 003 Fig. 5, seed 001 Fig. 1), 3D surfaces
-(seed 003 Figs. 6-7) and normalised differences (seed 003 Fig. 8).
+"""Figures of loss phenotypes.
+
+Binary curves (seed 003 Fig. 5, seed 001 Fig. 1), 3D surfaces (seed 003 Figs. 6-7) and
+normalised differences (seed 003 Fig. 8).
 
 Every function takes :class:`landscape.phenotype.Phenotype` or
 :class:`~landscape.phenotype.PhenotypeDifference` results and draws them; nothing is computed
@@ -55,7 +57,8 @@ def phenotype_curves(phenotypes: Sequence[Phenotype], reference: str | None = "a
 
     phenotypes = list(phenotypes)
     if not phenotypes:
-        raise ArgumentError("phenotype_curves needs at least one phenotype, e.g. [ls.phenotype('A2'), ls.phenotype('CE')].")
+        raise ArgumentError("phenotype_curves needs at least one phenotype, "
+                            "e.g. [ls.phenotype('A2'), ls.phenotype('CE')].")
     yhat = phenotypes[0].yhat
     if any(ph.yhat.shape != yhat.shape or not np.allclose(ph.yhat, yhat) for ph in phenotypes):
         raise ArgumentError("phenotype_curves needs every phenotype on the same yhat grid; use one resolution.")

@@ -63,6 +63,7 @@ class Kind:
     tolerance: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(EXACT))
 
     def options(self) -> dict[str, Any]:
+        """Compute and style options together."""
         return {**self.compute_options, **self.style_options}
 
 
@@ -107,6 +108,7 @@ class Context:
         self.log: list[dict] = []  # cache hits and misses of the current figure
 
     def checkpoint(self, name: str) -> ls.Checkpoint:
+        """The spec's model ``name``, loaded once and kept."""
         if name not in self._ck:
             path = Path(self.models[name])
             self._ck[name] = ls.load_checkpoint(path if path.is_absolute() else self.root / path, device=self.device,
@@ -114,12 +116,14 @@ class Context:
         return self._ck[name]
 
     def data(self, split: str = "test", spec: str | None = None) -> ls.Dataset:
+        """The ``split`` of the dataset ``spec`` (default the spec's data), loaded once and kept."""
         key = (spec or self.data_spec, split)
         if key not in self._data:
             self._data[key] = ls.load_dataset(key[0], split=split)
         return self._data[key]
 
     def provenance(self, name: str) -> dict:
+        """Record of model ``name``: file, digest, architecture and loss."""
         ck = self.checkpoint(name)
         return {"name": name, "file": self.models[name], "digest": ck.digest, "arch": ck.meta.get("arch"),
                 "loss": ck.meta.get("loss"), "loss_kwargs": ck.meta.get("loss_kwargs", {})}
@@ -217,6 +221,7 @@ def validate_spec(spec: dict, text: str, path: Path | str = "spec") -> None:
 
 # -- rendering -----------------------------------------------------------------------------
 def figure_id(n: int, fig: dict) -> str:
+    """The figure's ``id``, else ``<n + 1>-<kind>``."""
     return fig.get("id") or f"{n + 1:02d}-{fig['kind']}"
 
 
@@ -279,7 +284,8 @@ def build_report(spec_path: str | Path, out_root: str | Path = "reports", device
 
     report = {"name": spec["name"], "title": spec.get("title", spec["name"]), "spec": str(spec_path),
               "data": ctx.data_spec, "seed": ctx.seed, "device": str(ls.device.resolve_device(ctx.device)),
-              "versions": {"landscape": ls.__version__, "torch": torch.__version__, "python": platform.python_version()},
+              "versions": {"landscape": ls.__version__, "torch": torch.__version__,
+                           "python": platform.python_version()},
               "figures": records, "seconds": round(time.perf_counter() - t_all, 1)}
     write_json(out / "report.json", report)
     write_index(out, report)
@@ -298,7 +304,8 @@ def write_index(out: Path, report: dict) -> Path:
                 figs.append(f'<img src="{html.escape(f)}" alt="{html.escape(rec["title"])}" loading="lazy">')
             elif f.endswith(".html"):
                 figs.append(f'<iframe src="{html.escape(f)}" title="{html.escape(rec["title"])}"></iframe>')
-        data_links = " ".join(f'<a href="{html.escape(f)}">{html.escape(f)}</a>' for f in rec["files"] if f.endswith(".json"))
+        data_links = " ".join(f'<a href="{html.escape(f)}">{html.escape(f)}</a>'
+                              for f in rec["files"] if f.endswith(".json"))
         parts.append(f"""<section id="{html.escape(rec['id'])}">
 <h2>{html.escape(rec['title'])}</h2>
 <div class="figs">{''.join(figs)}</div>

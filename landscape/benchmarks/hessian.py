@@ -82,7 +82,7 @@ def li_eigsh(op) -> tuple[float, float]:
 
 
 def pyhessian_top(ck, point, x, y) -> tuple[float, int]:
-    """pyhessian's power iteration for the top eigenvalue at ``point``; returns (value, HVPs)."""
+    """Pyhessian's power iteration for the top eigenvalue at ``point``; returns (value, HVPs)."""
     import importlib
 
     ph = importlib.import_module("pyhessian.hessian")  # the module; `pyhessian.hessian` is also its class
@@ -110,6 +110,7 @@ def pyhessian_top(ck, point, x, y) -> tuple[float, int]:
 
 
 def run(args) -> int:
+    """Score the engine, Li et al.'s eigsh recipe and pyhessian against the truth on one plane; print the table."""
     import landscape as ls
     from landscape.directions import offset_parameters
     from landscape.hessian import snake_order

@@ -173,7 +173,8 @@ def run(args) -> int:
         print(f"{name:36s} {t:9.3f} {t / points * 1e3:9.3f} {rate:9.2f} {100 * rate / peak:6.1f}% {t / t_engine:15.2f}x"
               f" {median[name] / m_engine:8.2f}x")
     print(f"engine vs loop on the same directions: max |loss difference| "
-          f"{np.nanmax(np.abs(surf.loss - loop)):.2e} (relative {np.nanmax(np.abs(surf.loss - loop) / np.abs(loop)):.1e})")
+          f"{np.nanmax(np.abs(surf.loss - loop)):.2e} "
+          f"(relative {np.nanmax(np.abs(surf.loss - loop) / np.abs(loop)):.1e})")
     print(f"engine peak memory growth during its run: {max(rss_growth_mb, 0.0):.1f} MB "
           f"(no per-point model copies; GFLOP/s counts the full forward even where the first-layer shortcut skips it)")
     return 0

@@ -38,6 +38,7 @@ class Loss(nn.Module):
     needs_features: ClassVar[bool] = False
 
     def forward(self, logits, target, features=None, weight=None):  # pragma: no cover - abstract
+        """Batch-mean loss of ``logits`` for ``target`` (implemented by subclasses)."""
         raise NotImplementedError
 
     @property
@@ -73,6 +74,7 @@ class ProbabilityLoss(Loss):
         return y
 
     def forward(self, logits, target, features=None, weight=None):
+        """Batch-mean of :meth:`of_probabilities` on the soft target and ``softmax(logits)``."""
         y = self.soft_target(target, logits.shape[-1], logits.dtype)
         return self.of_probabilities(y, torch.softmax(logits, dim=-1)).mean()
 
@@ -88,6 +90,7 @@ class ElementwiseLoss(ProbabilityLoss):
         raise NotImplementedError  # pragma: no cover - abstract
 
     def of_probabilities(self, target, probs):
+        """Per-sample loss: :meth:`elementwise` summed over the classes."""
         return self.elementwise(target, probs).sum(-1)
 
 
@@ -201,6 +204,7 @@ class Combined(Loss):
         self._spec = " + ".join(f"{w:g}*{p.spec}" for w, p in zip(self.weights, self.parts))
 
     def forward(self, logits, target, features=None, weight=None):
+        """Weighted sum of the parts' batch losses (features and weight only to the parts that need them)."""
         total = 0.0
         for w, part in zip(self.weights, self.parts):
             value = part(logits, target, features, weight) if part.needs_features else part(logits, target)
@@ -209,6 +213,7 @@ class Combined(Loss):
 
     @property
     def has_phenotype(self) -> bool:
+        """Whether every part is a :class:`ProbabilityLoss` (so the sum has a phenotype)."""
         return all(isinstance(p, ProbabilityLoss) for p in self.parts)
 
     def of_probabilities(self, target, probs):

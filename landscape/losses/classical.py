@@ -37,9 +37,11 @@ class CrossEntropy(ElementwiseLoss):
         self.eps = float(eps)
 
     def forward(self, logits, target, features=None, weight=None):
+        """Batch-mean cross-entropy with the configured label smoothing."""
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def elementwise(self, y, yh):
+        """``-y ln(|yh| + eps)`` elementwise."""
         return -y * _ln(yh, self.eps)
 
 
@@ -60,6 +62,7 @@ class Hinge(Loss):
         self.delta = float(delta)
 
     def forward(self, logits, target, features=None, weight=None):
+        """Batch-mean multiclass hinge loss (the ``j = y`` term excluded)."""
         z_y = logits.gather(1, target[:, None])
         slack = (logits - z_y + self.delta).clamp_min(0.0)
         # the j = y term is max(0, delta) = delta for every sample; remove it exactly
@@ -89,6 +92,7 @@ class Focal(ElementwiseLoss):
         self.alpha, self.gamma, self.eps = float(alpha), float(gamma), float(eps)
 
     def forward(self, logits, target, features=None, weight=None):
+        """Batch-mean focal loss, computed from log-softmax."""
         logp = torch.log_softmax(logits, dim=-1)
         y = self.soft_target(target, logits.shape[-1], logits.dtype)
         # (1 - p)^gamma from log p stays finite where p underflows or rounds to 1
@@ -96,6 +100,7 @@ class Focal(ElementwiseLoss):
         return -(self.alpha * y * one_minus_p.clamp_min(0.0) ** self.gamma * logp).sum(-1).mean()
 
     def elementwise(self, y, yh):
+        """``-alpha y (1 - yh)^gamma ln(|yh| + eps)`` elementwise."""
         return -self.alpha * y * (1.0 - yh).clamp_min(0.0) ** self.gamma * _ln(yh, self.eps)
 
 
@@ -123,7 +128,8 @@ class SCE(ProbabilityLoss):
         super().__init__(label_smoothing)
         if alpha_over not in ("batch", "sample"):
             raise ValueError(f"alpha_over must be 'batch' or 'sample', got {alpha_over!r}")
-        self.ce_weight, self.prop_weight, self.alpha_over, self.eps = float(ce_weight), float(prop_weight), alpha_over, float(eps)
+        self.ce_weight, self.prop_weight, self.alpha_over, self.eps = (
+            float(ce_weight), float(prop_weight), alpha_over, float(eps))
 
     def _combine(self, y, p, logp, alpha):
         ce = -(y * logp).sum(-1)
@@ -131,6 +137,7 @@ class SCE(ProbabilityLoss):
         return self.ce_weight * ce + self.prop_weight * alpha * weight * ce
 
     def forward(self, logits, target, features=None, weight=None):
+        """Batch-mean SCE loss, with ``alpha`` over the batch or per sample as configured."""
         logp = torch.log_softmax(logits, dim=-1)
         p = logp.exp()
         y = self.soft_target(target, logits.shape[-1], logits.dtype)
@@ -139,6 +146,7 @@ class SCE(ProbabilityLoss):
         return self._combine(y, p, logp, alpha).mean()
 
     def of_probabilities(self, target, probs):
+        """Per-sample SCE loss, ``alpha`` taken per sample."""
         alpha = ((target - probs) ** 2).mean(-1)
         return self._combine(target, probs, _ln(probs, self.eps), alpha)
 
@@ -165,10 +173,12 @@ class Adma(ElementwiseLoss):
         self.a = float(a)
 
     def forward(self, logits, target, features=None, weight=None):
+        """Batch-mean Adma loss, ``p^a`` computed from log-softmax."""
         # p^a = exp(a log p): finite gradient even where p underflows to 0
         pa = torch.exp(self.a * torch.log_softmax(logits, dim=-1))
         y = self.soft_target(target, logits.shape[-1], logits.dtype)
         return (y * (math.e - torch.exp(pa))).sum(-1).mean()
 
     def elementwise(self, y, yh):
+        """``y (e - exp(yh^a))`` elementwise."""
         return y * (math.e - torch.exp(yh.clamp_min(0.0) ** self.a))

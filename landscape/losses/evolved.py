@@ -99,9 +99,11 @@ class Evolved(ElementwiseLoss):
         self.formula, self._ops, self._spec = formula, _Ops(float(eps)), formula
 
     def elementwise(self, y, yh):
+        """The evolved formula ``L(y, yh)`` elementwise."""
         return _FORMULAS[self.formula](self._ops, y, yh)
 
     def extra_repr(self) -> str:
+        """The formula's name and readable form, for ``repr``."""
         return f"{self.formula.upper()} = {FORMULAS_TEXT[self.formula]}"
 
 

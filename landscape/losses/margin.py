@@ -43,6 +43,7 @@ class SMSoftmax(Loss):
         self.m = float(m)
 
     def forward(self, logits, target, features=None, weight=None):
+        """Batch-mean CE on the logits with the target logit lowered by ``m``."""
         z_y = logits.gather(1, target[:, None])[:, 0]
         return F.cross_entropy(_lower_target(logits, target, z_y - self.m), target)
 
@@ -82,6 +83,7 @@ class MAMSoftmax(Loss):
         self.offset, self.max_margin = float(offset), float(max_margin)
 
     def forward(self, logits, target, features=None, weight=None):
+        """Batch-mean CE on the logits with the target logit lowered by the batch-adaptive margin."""
         z_y = logits.gather(1, target[:, None])[:, 0]
         shift = mam_margin(logits, self.offset, self.max_margin)
         return F.cross_entropy(_lower_target(logits, target, z_y - shift), target)
@@ -220,5 +222,6 @@ class AMSoftmax(Loss):
         return _lower_target(self.s * cos, target, self.s * (cos_y - self.m))
 
     def forward(self, logits, target, features=None, weight=None):
+        """Batch-mean CE on :meth:`margin_logits` of the features and classifier weight."""
         _check_features(self, features, weight)
         return F.cross_entropy(self.margin_logits(features, weight, target), target)

@@ -76,7 +76,6 @@ def _say(args, text: str) -> None:
 
 
 def run(args) -> int:
-    import landscape as ls
     from landscape.embedding import by_name, compare_stats
 
     out = Path(args.out)

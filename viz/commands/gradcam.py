@@ -48,9 +48,11 @@ def select(data: ls.Dataset, count: int, indices: list[int] | None, seed: int) -
     if indices is not None:
         bad = [i for i in indices if not 0 <= i < len(data)]
         if bad:
-            raise ArgumentError(f"--indices {bad} are outside the {len(data)} images of {data.name!r} (0 to {len(data) - 1}).")
+            raise ArgumentError(f"--indices {bad} are outside the {len(data)} images of {data.name!r} "
+                                f"(0 to {len(data) - 1}).")
         idx = np.asarray(indices, dtype=np.int64)
-        return ls.Dataset(data.x[idx], data.y[idx], data.classes, f"{data.name}[indices {indices}]"), [int(i) for i in idx]
+        return (ls.Dataset(data.x[idx], data.y[idx], data.classes, f"{data.name}[indices {indices}]"),
+                [int(i) for i in idx])
     if count < 1:
         raise ArgumentError(f"--images must be at least 1, got {count}.")
     chosen = np.sort(np.random.default_rng(seed).choice(len(data), size=min(count, len(data)), replace=False))

@@ -16,7 +16,8 @@ from viz.cli import add_common, add_plane_options, load_checkpoint, parse_grid, 
 EPILOG = """examples:
   landscape surface trained_models/mlp-ce.safetensors --grid 51 --out runs/ce
   landscape surface trained_models/cnn-ce.safetensors --grid 41x21 --range -1 1 -0.5 0.5 --samples 200
-  landscape surface trained_models/mlp-ce.safetensors --line --between trained_models/snapshots/mlp-ce/epoch005.safetensors
+  landscape surface trained_models/mlp-ce.safetensors --line --between \
+trained_models/snapshots/mlp-ce/epoch005.safetensors
   landscape surface trained_models/mlp-ce.safetensors --out runs/ce --resume     # continue a killed run
   torchrun --nproc_per_node 2 -m viz.cli surface trained_models/resnet-ce.safetensors --grid 51
 """
@@ -48,7 +49,8 @@ def _directions(args, ck, n: int):
         raise ArgumentError("give either --between or --dirs, not both.")
     if args.between:
         if len(args.between) != n:
-            raise ArgumentError(f"--between needs {n} checkpoint{'s' if n > 1 else ''} for a {'line' if n == 1 else 'plane'}.")
+            raise ArgumentError(f"--between needs {n} checkpoint{'s' if n > 1 else ''} "
+                                f"for a {'line' if n == 1 else 'plane'}.")
         return directions_between(ck, *[load_checkpoint(args, p, "cpu") for p in args.between])
     if args.dirs:
         from landscape.results import Result
