@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-$(shell echo "$(TORCH) $(TORCH_INDEX)" | cksum | cut -d" " -f1)
 INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup test report clean-venv
+.PHONY: setup test lint report clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml Makefile
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
 
 report: setup
 	$(BIN)/landscape report $(SPEC)

@@ -1,6 +1,6 @@
 """landscape: loss-landscape and feature-geometry analysis of PyTorch classifiers.
 
-Computation only; drawing lives in the ``viz`` package. The public API (see DESIGN.md)::
+Computation only; drawing lives in the ``viz`` package. The public API (see docs/architecture.md)::
 
     import landscape as ls
     ck = ls.load_checkpoint("trained_models/mlp-ce.safetensors")

@@ -45,7 +45,7 @@ class Checkpoint:
     model : nn.Module
         The network, in eval mode, on ``device``.
     meta : dict
-        The meta of DESIGN.md (``arch``, ``loss``, ``normalization``, ``metrics``, ...).
+        The checkpoint meta of docs/architecture.md (``arch``, ``loss``, ``normalization``, ``metrics``, ...).
     criterion : landscape.losses.Loss
         The training objective rebuilt from ``meta["loss"]`` and ``meta["loss_kwargs"]``.
     device : torch.device
@@ -255,8 +255,7 @@ def build_criterion(meta: Mapping[str, Any]) -> nn.Module:
     """The training objective named by ``meta["loss"]`` (a name or a combined spec) and ``meta["loss_kwargs"]``."""
     name = meta.get("loss") or "ce"
     kwargs = dict(meta.get("loss_kwargs") or {})
-    build = getattr(losses, "build", None) or losses.get
-    return build(name, **kwargs)
+    return losses.build(name, **kwargs)
 
 
 def _check_meta(meta: Any, path: Path) -> dict:
@@ -376,15 +375,59 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
     return Checkpoint(model=model, meta=full, criterion=criterion, device=dev, path=path, digest=_digest(state))
 
 
-def as_checkpoint(ck, device: str | torch.device = "auto") -> Checkpoint:
-    """A :class:`Checkpoint` as it is, or loaded from a path (what every computation accepts)."""
-    if isinstance(ck, Checkpoint):
-        return ck
+def as_checkpoint(ck, device: str | torch.device = "auto", criterion=None) -> Checkpoint:
+    """A :class:`Checkpoint` from anything a user holds: a Checkpoint, a path, or a plain ``nn.Module``.
+
+    Every computation takes its model through this function, so each accepts the same forms.
+
+    Parameters
+    ----------
+    ck : Checkpoint, path-like or nn.Module
+        A loaded checkpoint, a checkpoint file (loaded with :func:`load_checkpoint`), or a model
+        of your own (used where it is, on its own device and dtype; never moved or modified).
+    device : str or torch.device
+        Device a file is loaded to.
+    criterion : str or nn.Module, optional
+        The loss: a :mod:`landscape.losses` name or spec, or any ``loss(logits, y)`` module such
+        as ``nn.CrossEntropyLoss()``. It replaces a checkpoint's own training objective; a plain
+        module without one gets cross-entropy.
+
+    Returns
+    -------
+    Checkpoint
+    """
     if isinstance(ck, (str, os.PathLike)):
-        return load_checkpoint(ck, device=device)
+        ck = load_checkpoint(ck, device=device)
+    if isinstance(ck, Checkpoint):
+        if criterion is None:
+            return ck
+        return dataclasses.replace(ck, criterion=_criterion_module(criterion, ck.device),
+                                   meta={**ck.meta, "loss": _criterion_name(criterion), "loss_kwargs": {}})
+    if isinstance(ck, nn.Module):
+        param = next(ck.parameters(), None)
+        dev = param.device if param is not None else resolve_device(device)
+        crit = criterion if criterion is not None else "ce"
+        meta = {"arch": type(ck).__name__, "loss": _criterion_name(crit), "loss_kwargs": {}}
+        return Checkpoint(model=ck, meta=meta, criterion=_criterion_module(crit, dev), device=dev, path=None,
+                          digest=_digest(ck.state_dict()))
     from .errors import ArgumentError
 
-    raise ArgumentError(f"expected a Checkpoint or a checkpoint path, got {type(ck).__name__}.")
+    raise ArgumentError(f"expected a Checkpoint, a checkpoint path or an nn.Module, got {type(ck).__name__}.")
+
+
+def _criterion_module(criterion, device: torch.device) -> nn.Module:
+    if isinstance(criterion, str):
+        return losses.build(criterion).to(device)
+    if isinstance(criterion, nn.Module) or callable(criterion):
+        return criterion
+    from .errors import ArgumentError
+
+    raise ArgumentError(f"criterion must be a loss name or a loss module such as nn.CrossEntropyLoss(), got "
+                        f"{type(criterion).__name__}.")
+
+
+def _criterion_name(criterion) -> str:
+    return criterion if isinstance(criterion, str) else type(criterion).__name__
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import gzip
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -77,6 +78,44 @@ class Dataset:
         """``(x, y)`` as torch tensors on ``device``."""
         return torch.as_tensor(self.x, device=device), torch.as_tensor(self.y, device=device)
 
+    def batches(self, batch_size: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                transform=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Consecutive batches ``(x, y)`` on ``device``, in order, for data too large to hold there at once.
+
+        Only one batch lives on the device at a time; on CUDA it is copied from pinned host
+        memory without blocking. ``transform`` (for example ``Checkpoint.normalize``) is applied
+        to each batch after the conversion to ``dtype``, so the values equal those of
+        :meth:`tensors` transformed as a whole.
+
+        Parameters
+        ----------
+        batch_size : int
+            Samples per batch (the last one may be smaller).
+        device : str or torch.device
+        dtype : torch.dtype
+            Floating type of the inputs on the device.
+        transform : callable, optional
+            ``x -> x`` applied on the device.
+
+        Yields
+        ------
+        (torch.Tensor, torch.Tensor)
+            Inputs ``(b, ...)`` and int64 labels ``(b,)``.
+        """
+        from .errors import check_scalar
+
+        batch_size = check_scalar(batch_size, "batch_size", int, min=1)
+        device = torch.device(device)
+        pin = device.type == "cuda"
+        for i in range(0, len(self), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(self.x[i:i + batch_size]))
+            yb = torch.from_numpy(np.ascontiguousarray(self.y[i:i + batch_size]))
+            if pin:
+                xb, yb = xb.pin_memory(), yb.pin_memory()
+            xb = xb.to(device, non_blocking=pin).to(dtype)
+            yb = yb.to(device, non_blocking=pin)
+            yield (transform(xb) if transform is not None else xb), yb
+
 
 def load_dataset(spec: str = "digits", split: str = "test") -> Dataset:
     """Load a dataset split from a spec string (see the module docstring).
@@ -117,13 +156,72 @@ def spec_needs_file(spec: str) -> bool:
     return bool(path) or kind not in ("digits",)
 
 
-def as_dataset(data: "Dataset | str", n_samples: int | None = None, seed: int = 0) -> Dataset:
-    """A :class:`Dataset` (a spec string loads its test split), optionally a seeded subset."""
+def as_dataset(data, subset: int | None = None, seed: int = 0, split: str = "test") -> Dataset:
+    """Any form of data a user has, as a :class:`Dataset`, optionally a seeded subset.
+
+    Parameters
+    ----------
+    data : Dataset, str, (x, y) pair, torch Dataset or DataLoader
+        A :class:`Dataset`; a spec string (loads ``split``); a pair of arrays or tensors
+        ``(x, y)`` with ``x`` shaped ``(N, ...)`` and integer labels ``y`` ``(N,)``; a map-style
+        ``torch.utils.data.Dataset`` whose items are ``(x, y)``; or a ``DataLoader`` yielding
+        ``(x, y)`` batches (read once, in its order). Inputs given as tensors are used as they
+        are: no [0, 1] scaling is assumed, and a checkpoint's normalisation still applies.
+    subset : int, optional
+        A seeded random subset of this many samples.
+    seed : int
+        Seed of the subset.
+    split : {"train", "test"}
+        Split a spec string loads.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    DatasetError
+        Data of another kind, or pairs that are not ``(inputs, integer labels)`` of equal length.
+    """
     if isinstance(data, str):
-        data = load_dataset(data, split="test")
-    if not isinstance(data, Dataset):
-        raise DatasetError(f"data must be a Dataset or a dataset spec string, got {type(data).__name__}.")
-    return data.subset(n_samples, seed=seed)
+        data = load_dataset(data, split=split)
+    elif not isinstance(data, Dataset):
+        data = _from_tensors(data)
+    return data.subset(subset, seed=seed)
+
+
+def _from_tensors(data) -> Dataset:
+    """A Dataset from an ``(x, y)`` pair, a map-style torch Dataset or a DataLoader."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data import Dataset as TorchDataset
+
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y, name = data[0], data[1], "tensors"
+    elif isinstance(data, (DataLoader, TorchDataset)):
+        try:
+            batches = list(data) if isinstance(data, DataLoader) else [data[i] for i in range(len(data))]
+            if not isinstance(data, DataLoader):
+                batches = [(torch.as_tensor(np.asarray(b[0]))[None], torch.as_tensor(np.asarray(b[1])).reshape(1))
+                           for b in batches]
+            x = torch.cat([torch.as_tensor(b[0]) for b in batches])
+            y = torch.cat([torch.as_tensor(b[1]).reshape(-1) for b in batches])
+        except (TypeError, IndexError, ValueError, RuntimeError) as exc:
+            raise DatasetError(f"could not read (inputs, labels) pairs from the {type(data).__name__} ({exc}); its "
+                               "items or batches must be (x, y).") from exc
+        name = type(data).__name__
+    else:
+        raise DatasetError(f"data must be a Dataset, a dataset spec string, an (x, y) pair, a torch Dataset or a "
+                           f"DataLoader, got {type(data).__name__}.")
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise DatasetError(f"labels must be a 1-D array of integer class indices, got dtype {y.dtype} and shape "
+                           f"{y.shape}.")
+    if x.dtype.kind not in "fiu" or x.ndim < 2:
+        raise DatasetError(f"inputs must be a numeric array (N, ...), got dtype {x.dtype} and shape {x.shape}.")
+    n_classes = int(y.max()) + 1 if y.size else 0
+    return Dataset(x.astype(np.float32, copy=False), y.astype(np.int64), [str(c) for c in range(n_classes)],
+                   f"{name}[{len(y)}]")
 
 
 # -- digits --------------------------------------------------------------------------------

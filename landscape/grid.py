@@ -19,25 +19,17 @@ import glob
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
+from .distributed import dist_info
 from .errors import ResumeError
 from .io import atomic_path
+from .progress import bar as progress_bar
 
 Evaluate = Callable[[np.ndarray, np.ndarray], Mapping[str, np.ndarray]]
-
-
-def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` when torch.distributed is not initialised."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def progress_files(out: Path) -> list[Path]:
@@ -98,15 +90,13 @@ def run_grid(points: np.ndarray, evaluate: Evaluate, fields: Mapping[str, tuple]
     chunk_size : int
         Points per chunk (the unit of flushing and of sharding).
     progress : bool or None
-        Show a tqdm bar; None shows it only on a terminal.
+        Show progress (see :mod:`landscape.progress`): False is silent, True/None show it.
 
     Returns
     -------
     dict of np.ndarray
         ``{name: (P, *shape)}`` float64 values, identical on every rank.
     """
-    from tqdm.auto import tqdm
-
     points = np.asarray(points)
     n = len(points)
     rank, world = dist_info()
@@ -125,19 +115,16 @@ def run_grid(points: np.ndarray, evaluate: Evaluate, fields: Mapping[str, tuple]
 
     chunks = [np.arange(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
     todo = [c for k, c in enumerate(chunks) if k % world == rank and not done[c].all()]
-    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
-    bar = tqdm(total=sum(len(c) for c in chunks[rank::world]), initial=0, desc=desc, disable=not show,
-               unit="pt", dynamic_ncols=True)
-    bar.update(sum(len(c) for c in chunks[rank::world]) - sum(len(c) for c in todo))
-    for idx in todo:
-        result = evaluate(idx, points[idx])
-        for k in fields:
-            values[k][idx] = np.asarray(result[k], dtype=np.float64).reshape(len(idx), *fields[k])
-        done[idx] = True
-        if mine is not None:
-            _write_progress(mine, fp, done, values)
-        bar.update(len(idx))
-    bar.close()
+    mine_total = sum(len(c) for c in chunks[rank::world])
+    with progress_bar(mine_total, desc, progress, initial=mine_total - sum(len(c) for c in todo)) as bar:
+        for idx in todo:
+            result = evaluate(idx, points[idx])
+            for k in fields:
+                values[k][idx] = np.asarray(result[k], dtype=np.float64).reshape(len(idx), *fields[k])
+            done[idx] = True
+            if mine is not None:
+                _write_progress(mine, fp, done, values)
+            bar.update(len(idx))
 
     if world > 1:
         import torch.distributed as dist
@@ -161,6 +148,7 @@ def finish(out: str | Path) -> None:
 
 
 # -- helpers shared by the runs built on this engine (surfaces, eigenvalue maps) ------------
+# (what a run over a plane records is in landscape.plane)
 def array_digest(arr: np.ndarray) -> str:
     """Short SHA-256 of an array's bytes, for run fingerprints."""
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]
@@ -180,10 +168,3 @@ def save_result(result, out: Path | None) -> None:
         return
     result.save(out)
     finish(out)
-
-
-def plane_meta(ck, data, dirs, seed: int, **extra) -> dict:
-    """Provenance of a run over a plane: checkpoint, data, seed and the directions' layout."""
-    return {"checkpoint": ck.name, "digest": ck.digest, "path": str(ck.path) if ck.path else None,
-            "arch": ck.meta.get("arch"), "loss": ck.meta.get("loss"), "data": data.name, "n_samples": len(data),
-            "seed": seed, "directions": {"names": dirs.names, "shapes": dirs.shapes, "meta": dirs.meta}, **extra}

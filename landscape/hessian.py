@@ -42,6 +42,8 @@ from .checkpoint import as_checkpoint
 from .data import as_dataset
 from .errors import ArgumentError
 from .hvp import HessianError, HessianOperator, select_parameters
+from .progress import choice as progress_choice
+from .plane import plane_fingerprint, plane_meta, plane_setup
 from .results import Result
 
 __all__ = ["HessianOperator", "HessianError", "Extremes", "TraceEstimate", "EigenMap", "Density", "lanczos",
@@ -530,7 +532,7 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
                     subset: int | None = None, seed: int = 0, params="all", dtype: torch.dtype = torch.float32,
                     batch_size: int | None = None, tol: float = 1e-3, max_iter: int = 100,
                     warm_start: bool = True, out=None, resume: bool = False, chunk_size: int = 16,
-                    progress: bool | None = None) -> EigenMap:
+                    verbose: bool | None = None, progress: bool | None = None) -> EigenMap:
     """``lam_min``, ``lam_max`` and ``|lam_min / lam_max|`` of the Hessian over a plane of directions.
 
     Parameters
@@ -559,29 +561,26 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
         Continue an interrupted run with the same ``out``.
     chunk_size : int
         Points per flushed chunk (and per rank under torch.distributed).
-    progress : bool or None
-        tqdm progress bar; None shows it on a terminal.
+    verbose : bool or None
+        Progress (see :mod:`landscape.progress`); False is silent. ``progress`` is its older name.
 
     Returns
     -------
     EigenMap
         ``ratio[j, i]`` at ``(x[i], y[j])``, identical on every rank.
     """
-    from .surface import plane_setup
-
     ck, data, dirs, xs, ys = plane_setup(ck, data, dirs, x, y, subset, seed, "an eigenvalue map")
     order = snake_order(len(xs), len(ys))
     points = np.stack([xs[order[:, 0]], ys[order[:, 1]]], axis=1)
     op = HessianOperator.from_checkpoint(ck, data, params=params, dtype=dtype, batch_size=batch_size)
     out = grid.result_path(out)
-    fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": grid.array_digest(data.y),
-                   "directions": grid.array_digest(dirs.vectors), "points": grid.array_digest(points),
-                   "params": op.names, "dtype": str(dtype), "batch_size": batch_size, "tol": tol, "max_iter": max_iter,
-                   "min_iter": MIN_ITER, "seed": seed,
-                   "warm_start": warm_start, "chunk_size": chunk_size, "kind": "eigen_ratio_map"}
+    fingerprint = plane_fingerprint(ck, data, dirs, points, "eigen_ratio_map", params=op.names, dtype=str(dtype),
+                                    batch_size=batch_size, tol=tol, max_iter=max_iter, min_iter=MIN_ITER, seed=seed,
+                                    warm_start=warm_start, chunk_size=chunk_size)
     evaluate = _map_chunk(op, ck.model, dirs, tol=tol, max_iter=max_iter, seed=seed, warm_start=warm_start)
     values = grid.run_grid(points, evaluate, {f: () for f in _MAP_FIELDS}, out=out, fingerprint=fingerprint,
-                           resume=resume, chunk_size=chunk_size, progress=progress, desc="hessian")
+                           resume=resume, chunk_size=chunk_size, progress=progress_choice(verbose, progress),
+                           desc="hessian")
     shape = (len(ys), len(xs))
 
     def unsnake(v: np.ndarray) -> np.ndarray:
@@ -595,7 +594,7 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
     emap = EigenMap(xs, ys, lo, hi, ratio, unsnake(values["loss"]), unsnake(values["hvps"]).astype(np.int64),
                     np.stack([unsnake(values["res_min"]), unsnake(values["res_max"])]),
                     unsnake(values["converged"]).astype(bool), dirs.vectors,
-                    grid.plane_meta(ck, data, dirs, seed, grid=[len(xs), len(ys)],
+                    plane_meta(ck, data, dirs, seed, grid=[len(xs), len(ys)],
                           x_range=[float(xs[0]), float(xs[-1])], y_range=[float(ys[0]), float(ys[-1])],
                           tol=tol, max_iter=max_iter, params=params if isinstance(params, str) else list(params),
                           dtype=str(dtype).replace("torch.", ""), criterion=str(ck.meta.get("loss") or "ce"),

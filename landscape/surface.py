@@ -14,14 +14,14 @@ import dataclasses
 import os
 
 import numpy as np
-import torch
 
 from . import grid
 from .checkpoint import Checkpoint, as_checkpoint
 from .data import Dataset, as_dataset
 from .directions import Directions, directions_between, random_directions
-from .errors import ArgumentError
 from .evaluator import GridEvaluator
+from .progress import choice as progress_choice
+from .plane import axis, plane_fingerprint, plane_meta, plane_setup, subset_argument
 from .results import Result
 
 
@@ -98,33 +98,6 @@ def _dirs_of(result) -> Directions:
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def axis(spec, name: str = "x") -> np.ndarray:
-    """Grid coordinates from a tuple ``(lo, hi, n)`` (inclusive, like ``np.linspace``) or a list/array of them.
-
-    Only a tuple is read as ``(lo, hi, n)``, so ``[-1, 0, 1]`` stays three coordinates.
-    """
-    if not isinstance(spec, tuple):
-        try:
-            arr = np.asarray(spec, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise ArgumentError(f"{name}={spec!r}: give (lo, hi, n) or a list of coordinates.") from exc
-    else:
-        try:
-            lo, hi, n = float(spec[0]), float(spec[1]), int(spec[2])
-        except (TypeError, ValueError, IndexError) as exc:
-            raise ArgumentError(f"{name}={spec!r}: give (lo, hi, n) or an array of coordinates.") from exc
-        if n < 1:
-            raise ArgumentError(f"{name}={spec!r}: the number of points must be at least 1.")
-        arr = np.linspace(lo, hi, n)
-    if arr.size == 0 or not np.all(np.isfinite(arr)):
-        raise ArgumentError(f"{name}: coordinates must be finite and not empty.")
-    return arr
-
-
-
-
-
-
 def _criterion(ck: Checkpoint, criterion):
     """The loss to evaluate: the checkpoint's own (``"train"``), a loss name, or a loss module."""
     if criterion in (None, "train"):
@@ -134,8 +107,6 @@ def _criterion(ck: Checkpoint, criterion):
 
         return losses.get(criterion).to(ck.device), criterion
     return criterion, type(criterion).__name__
-
-
 
 
 def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarray, fields_meta: dict, *,
@@ -149,47 +120,26 @@ def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarra
     try:
         ev = GridEvaluator(ck.model, crit, x, y, dirs, with_ce=with_ce, batch_size=batch_size,
                            shortcut=shortcut, points_per_batch=points_per_batch)
-        fingerprint = {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": grid.array_digest(data.y),
-                       "directions": grid.array_digest(dirs.vectors), "points": grid.array_digest(points),
-                       "criterion": crit_name, "fields": list(ev.fields), "batch_size": batch_size}
+        fingerprint = plane_fingerprint(ck, data, dirs, points, "surface", criterion=crit_name,
+                                        fields=list(ev.fields), batch_size=batch_size)
         fields_meta.update(criterion=crit_name)
-        return grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
-                             fingerprint=fingerprint, resume=resume, chunk_size=chunk_size,
-                             progress=progress, desc=desc)
+        values = grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
+                               fingerprint=fingerprint, resume=resume, chunk_size=chunk_size,
+                               progress=progress, desc=desc)
+        # the true centre theta* (coordinates 0), which a grid of even size does not contain
+        centre = ev(np.zeros((1, dirs.n)))
+        fields_meta.update(centre={k: float(np.asarray(v).reshape(-1)[0]) for k, v in centre.items()})
+        return values
     finally:
         ck.model.train(was_training)
 
 
-
-
-
-
-
-
-
-
-def plane_setup(ck, data, dirs: Directions | None, x, y, n_samples: int | None, seed: int, what: str,
-                hint: str = "") -> tuple[Checkpoint, Dataset, Directions, np.ndarray, np.ndarray]:
-    """The inputs every run over a plane shares: checkpoint, data (subset), two directions, axes.
-
-    ``dirs`` defaults to two filter-normalised random directions drawn with ``seed``.
-    """
-    ck = as_checkpoint(ck)
-    data = as_dataset(data, n_samples, seed)
-    if dirs is None:
-        dirs = random_directions(ck.model, n=2, seed=seed)
-    if dirs.n != 2:
-        raise ArgumentError(f"{what} needs 2 directions, got {dirs.n}{hint}.")
-    dirs.check_model(ck.model)
-    return ck, data, dirs, axis(x, "x"), axis(y, "y")
-
-
 # -- public ----------------------------------------------------------------------------------------
 def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0, 1.0, 51), *,
-            n_samples: int | None = None, seed: int = 0, criterion="train", with_ce: bool = False,
+            subset: int | None = None, seed: int = 0, criterion="train", with_ce: bool = False,
             batch_size: int | None = None, out: str | os.PathLike | None = None, resume: bool = False,
-            chunk_size: int = 64, progress: bool | None = None, points_per_batch: int | None = None,
-            shortcut: bool = True) -> Surface:
+            chunk_size: int = 64, verbose: bool | None = None, points_per_batch: int | None = None,
+            shortcut: bool = True, n_samples: int | None = None, progress: bool | None = None) -> Surface:
     """Loss and accuracy of ``ck`` over the plane ``theta* + a d1 + b d2``.
 
     Parameters
@@ -203,8 +153,9 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
         biases and batchnorm zeroed).
     x, y : tuple (lo, hi, n), or list/array of coordinates
         Grid coordinates along ``d1`` and ``d2``; ``nx`` and ``ny`` are independent.
-    n_samples : int, optional
-        Evaluate on a seeded random subset of this size.
+    subset : int, optional
+        Evaluate on a seeded random subset of this many samples (``n_samples`` is its old,
+        deprecated name).
     seed : int
         Seed of the directions (when drawn here) and of the subset.
     criterion : "train", str or nn.Module
@@ -219,8 +170,9 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
         Continue an interrupted run with the same ``out``.
     chunk_size : int
         Points per flushed chunk (and per rank under torch.distributed).
-    progress : bool or None
-        tqdm progress bar; None shows it on a terminal.
+    verbose : bool or None
+        Progress (a bar on a terminal or in Jupyter, plain lines elsewhere; see
+        :mod:`landscape.progress`); False is silent. ``progress`` is its older name.
     points_per_batch : int, optional
         Grid points per launch (``torch.func.vmap``); default 16 on CUDA, 1 on the CPU.
     shortcut : bool
@@ -231,7 +183,8 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     Surface
         ``loss[j, i]`` at ``(x[i], y[j])``, identical on every rank.
     """
-    ck, data, dirs, xs, ys = plane_setup(ck, data, dirs, x, y, n_samples, seed, "a surface",
+    subset = subset_argument(subset, n_samples)
+    ck, data, dirs, xs, ys = plane_setup(ck, data, dirs, x, y, subset, seed, "a surface",
                                          hint="; use interpolate() for one")
     # Row-major over (y, x): point j * nx + i is (x[i], y[j]), so reshape gives loss[j, i].
     gx, gy = np.meshgrid(xs, ys)
@@ -239,21 +192,23 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     out = grid.result_path(out)
     extra: dict = {}
     values = _evaluate(ck, data, dirs, points, extra, criterion=criterion, with_ce=with_ce, batch_size=batch_size,
-                       out=out, resume=resume, chunk_size=chunk_size, progress=progress, desc="surface",
+                       out=out, resume=resume, chunk_size=chunk_size, progress=progress_choice(verbose, progress),
+                       desc="surface",
                        points_per_batch=points_per_batch, shortcut=shortcut)
     shape = (len(ys), len(xs))
     surf = Surface(xs, ys, values["loss"].reshape(shape), values["accuracy"].reshape(shape),
                    values["ce_loss"].reshape(shape) if with_ce else None, dirs.vectors,
-                   grid.plane_meta(ck, data, dirs, seed, grid=[len(xs), len(ys)],
+                   plane_meta(ck, data, dirs, seed, grid=[len(xs), len(ys)],
                          x_range=[float(xs[0]), float(xs[-1])], y_range=[float(ys[0]), float(ys[-1])], **extra))
     grid.save_result(surf, out)
     return surf
 
 
-def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, n_samples: int | None = None,
+def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, subset: int | None = None,
                 seed: int = 0, criterion="train", with_ce: bool = False, batch_size: int | None = None,
                 out: str | os.PathLike | None = None, resume: bool = False, chunk_size: int = 64,
-                progress: bool | None = None, shortcut: bool = True) -> Curve:
+                verbose: bool | None = None, shortcut: bool = True, n_samples: int | None = None,
+                progress: bool | None = None) -> Curve:
     """Loss and accuracy along a line through ``ck``.
 
     Parameters
@@ -270,7 +225,7 @@ def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, n_sam
         Number of points when ``t`` is not given.
     t : tuple (lo, hi, n), or list/array of coordinates, optional
         Positions on the line.
-    n_samples, seed, criterion, with_ce, batch_size, out, resume, chunk_size, progress, shortcut
+    subset, seed, criterion, with_ce, batch_size, out, resume, chunk_size, verbose, shortcut
         As in :func:`surface`.
 
     Returns
@@ -278,7 +233,7 @@ def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, n_sam
     Curve
     """
     ck = as_checkpoint(ck)
-    data = as_dataset(data, n_samples, seed)
+    data = as_dataset(data, subset_argument(subset, n_samples), seed)
     if other is None:
         dirs, default = random_directions(ck.model, n=1, seed=seed), (-1.0, 1.0, steps)
     elif isinstance(other, Directions):
@@ -290,32 +245,10 @@ def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, n_sam
     out = grid.result_path(out)
     extra: dict = {}
     values = _evaluate(ck, data, dirs, ts[:, None], extra, criterion=criterion, with_ce=with_ce,
-                       batch_size=batch_size, out=out, resume=resume, chunk_size=chunk_size, progress=progress,
+                       batch_size=batch_size, out=out, resume=resume, chunk_size=chunk_size,
+                       progress=progress_choice(verbose, progress),
                        desc="line", points_per_batch=None, shortcut=shortcut)
     curve = Curve(ts, values["loss"], values["accuracy"], values["ce_loss"] if with_ce else None, dirs.vectors,
-                  grid.plane_meta(ck, data, dirs, seed, steps=len(ts), t_range=[float(ts[0]), float(ts[-1])], **extra))
+                  plane_meta(ck, data, dirs, seed, steps=len(ts), t_range=[float(ts[0]), float(ts[-1])], **extra))
     grid.save_result(curve, out)
     return curve
-
-
-def init_distributed(device: str = "auto") -> tuple[int, int, str]:
-    """Join the torchrun process group when launched by torchrun; return ``(rank, world, device)``.
-
-    NCCL on GPUs (one per local rank), gloo on the CPU. Without torchrun's environment this
-    does nothing and returns ``(0, 1, device)``.
-    """
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not dist.is_available():
-        return 0, 1, device
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    elif device == "auto":
-        device = "cpu"
-    return dist.get_rank(), dist.get_world_size(), device

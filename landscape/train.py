@@ -1,6 +1,6 @@
 """The training side: deterministic CPU training of zoo models and the shipped ``trained_models/``.
 
-:func:`fit` trains one model and returns it with the meta of DESIGN.md (seeds and
+:func:`fit` trains one model and returns it with the checkpoint meta of docs/architecture.md (seeds and
 hyperparameters recorded). :data:`ZOO` lists the shipped checkpoints; :func:`build_zoo`
 rebuilds them and writes the manifest ``trained_models/README.md``.
 """

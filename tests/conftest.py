@@ -15,6 +15,8 @@ ZOO = ROOT / "trained_models"
 # Two workers share two cores in CI: keep each process to one thread so they do not fight.
 torch.set_num_threads(int(os.environ.get("LANDSCAPE_TEST_THREADS", "1")))
 os.environ.setdefault("MPLBACKEND", "Agg")
+# progress lines would only clutter captured output; tests of progress unset it (tests/test_progress.py)
+os.environ.setdefault("LANDSCAPE_QUIET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -170,3 +170,16 @@ def test_bad_specs(spec, msg):
 def test_bad_split():
     with pytest.raises(DatasetError, match="split 'val'"):
         ls.load_dataset("digits", split="val")
+
+
+def test_batches_stream_the_same_values_as_the_whole_split(digits_test):
+    import torch
+
+    norm = lambda x: (x - 0.3) / 0.2  # noqa: E731
+    x, y = digits_test.tensors()
+    parts = list(digits_test.batches(100, transform=norm))
+    assert [len(b[1]) for b in parts] == [100, 100, 100, 60]
+    torch.testing.assert_close(torch.cat([b[0] for b in parts]), norm(x), rtol=0, atol=0)
+    assert torch.equal(torch.cat([b[1] for b in parts]), y)
+    with pytest.raises(ls.errors.ArgumentError, match="batch_size must be >= 1"):
+        next(digits_test.batches(0))

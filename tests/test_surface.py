@@ -148,7 +148,7 @@ def test_model_and_batchnorm_statistics_are_left_untouched(cnn, small, every_sho
 
 
 def test_surface_saves_and_reloads_with_its_directions(tmp_path, mlp, small):
-    surf = surface(mlp, small, x=(-1, 1, 3), y=(-1, 1, 2), n_samples=50, seed=1, out=tmp_path / "s")
+    surf = surface(mlp, small, x=(-1, 1, 3), y=(-1, 1, 2), subset=50, seed=1, out=tmp_path / "s")
     back = Surface.load(tmp_path / "s.npz")
     np.testing.assert_array_equal(back.loss, surf.loss)
     np.testing.assert_array_equal(back.dirs.vectors, ls.random_directions(mlp.model, n=2, seed=1).vectors)
@@ -176,8 +176,10 @@ def test_first_layer_shortcut_is_refused_when_the_data_is_transformed_first():
 def test_bad_arguments_raise_landscape_errors(mlp, small):
     with pytest.raises(ArgumentError, match="2 directions"):
         surface(mlp, small, ls.random_directions(mlp.model, n=1))
-    with pytest.raises(ArgumentError, match="lo, hi, n"):
+    with pytest.raises(ArgumentError, match="x lower end must be a number, got 'a'"):
         surface(mlp, small, x=("a", 1, 3))
+    with pytest.raises(ArgumentError, match="lo, hi, n"):
+        surface(mlp, small, x=(-1, 1))
     with pytest.raises(ArgumentError):
         Directions(np.zeros((1, 3)), ["a"], [[2]])
 
@@ -272,9 +274,47 @@ def test_a_model_left_in_training_mode_is_evaluated_in_eval_mode(zoo_path, small
 
 
 def test_axis_reads_tuples_as_ranges_and_lists_as_coordinates():
-    from landscape.surface import axis
+    from landscape.plane import axis
 
     np.testing.assert_array_equal(axis((-1, 1, 5)), [-1, -0.5, 0, 0.5, 1])
     np.testing.assert_array_equal(axis([-1, 0, 1]), [-1, 0, 1])
     with pytest.raises(ArgumentError, match="finite"):
         axis([0.0, np.nan])
+
+
+def test_a_one_point_axis_is_the_centre_and_surfaces_record_the_true_centre(mlp, digits_test):
+    from landscape.plane import axis
+
+    np.testing.assert_array_equal(axis((-1, 1, 1)), [0.0])
+    np.testing.assert_array_equal(axis((-0.5, 1.5, 1)), [0.5])
+    small = digits_test.subset(40, seed=0)
+    centre_loss, centre_acc = mlp.evaluate(small)
+    one = surface(mlp, small, x=(-1, 1, 1), y=(-1, 1, 1))
+    assert one.loss.shape == (1, 1) and one.loss[0, 0] == pytest.approx(centre_loss, rel=1e-5)
+    even = surface(mlp, small, x=(-1, 1, 4), y=(-1, 1, 4))  # (0, 0) is not a grid point
+    assert 0.0 not in even.x
+    assert even.meta["centre"]["loss"] == pytest.approx(centre_loss, rel=1e-5)
+    assert even.meta["centre"]["accuracy"] == pytest.approx(centre_acc)
+
+
+def test_surface_takes_a_plain_module_and_any_form_of_data(mlp, digits_test):
+    """As loss-landscapes and PyHessian users hold them: an nn.Module, a criterion, tensors or a DataLoader."""
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    small = digits_test.subset(30, seed=0)
+    x, y = mlp.prepare(small)  # normalised tensors, as a user's own pipeline would give them
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10)).eval()
+    dirs = ls.random_directions(net, n=2, seed=0)
+    grid = dict(x=(-1, 1, 3), y=(-1, 1, 3))
+    ref = surface(net, (x, y), dirs, criterion=nn.CrossEntropyLoss(), **grid)
+    with torch.no_grad():
+        assert ref.meta["centre"]["loss"] == pytest.approx(float(nn.functional.cross_entropy(net(x), y)), rel=1e-6)
+    for data in (TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=7), (x.numpy(), y.numpy())):
+        other = surface(net, data, dirs, criterion=nn.CrossEntropyLoss(), **grid)
+        np.testing.assert_allclose(other.loss, ref.loss, rtol=1e-6)
+    by_name = surface(net, (x, y), dirs, criterion="ce", **grid)
+    np.testing.assert_allclose(by_name.loss, ref.loss, rtol=1e-6)
+    with pytest.raises(ls.errors.DatasetError, match="integer class indices"):
+        surface(net, (x, y.float()), dirs, **grid)

@@ -32,7 +32,7 @@ def _surface(ctx: Context, name: str, opts: dict, grid_key: str = "grid") -> ls.
 
     def compute():
         dirs = random_directions(ck.model, n=2, seed=ctx.seed)
-        return ls.surface(ck, ctx.data("test"), dirs, x=g, y=g, n_samples=opts.get("subset"), seed=ctx.seed,
+        return ls.surface(ck, ctx.data("test"), dirs, x=g, y=g, subset=opts.get("subset"), seed=ctx.seed,
                           progress=not ctx.quiet and None)
 
     return ctx.cached("surface", inputs, compute)

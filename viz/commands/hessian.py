@@ -48,7 +48,7 @@ def run(args) -> int:
     import torch
 
     import landscape as ls
-    from landscape.surface import init_distributed
+    from landscape.distributed import init_distributed
 
     rank, _, device = init_distributed(args.device)
     nx, ny = parse_grid(args.grid, False)

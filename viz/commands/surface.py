@@ -68,7 +68,8 @@ def _directions(args, ck, n: int):
 
 def run(args) -> int:
     import landscape as ls
-    from landscape.surface import init_distributed, interpolate, surface
+    from landscape.distributed import init_distributed
+    from landscape.surface import interpolate, surface
 
     rank, _, device = init_distributed(args.device)
     nx, ny = parse_grid(args.grid, args.line)
@@ -90,7 +91,7 @@ def run(args) -> int:
     if not args.no_plots:
         written += _figures(result, out, args.line, args.log)
     if not args.quiet:
-        centre = "" if args.line else f", centre loss {result.loss[len(result.y) // 2, len(result.x) // 2]:.4g}"
+        centre = f", centre loss {result.meta['centre']['loss']:.4g}"
         print(f"{ck.name}: {'line' if args.line else 'surface'} of {len(data)} samples{centre}")
         for path in written:
             print(f"  wrote {path}")
