@@ -43,6 +43,11 @@ class ResumeError(LandscapeError):
     """A progress file does not belong to the run that tries to resume from it, or is corrupt."""
 
 
+class OutputError(LandscapeError):
+    """An output path is unsafe: it escapes its folder, would overwrite an input or a finished
+    result, or another run is writing there."""
+
+
 class HessianError(LandscapeError):
     """The Hessian of this model and loss cannot be computed (an operation without second derivatives)."""
 

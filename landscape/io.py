@@ -37,6 +37,79 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, what: str = "this run") -> Iterator[Path]:
+    """Hold ``<folder>/.landscape.lock`` while a run writes into ``folder``; a second run there fails at once.
+
+    The lock is an exclusive ``flock`` on the file (released by the OS if the process dies, so
+    a killed run never leaves a stale lock behind); the file records the holder's pid.
+
+    Raises
+    ------
+    OutputError
+        Another process holds the lock.
+    """
+    import fcntl
+
+    from .errors import OutputError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".landscape.lock"
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise OutputError(f"{folder} is in use by another run (pid {holder}); wait for it to finish or choose "
+                              f"another output folder for {what}.") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield path
+    finally:
+        fh.close()
+
+
+def check_not_input(path: str | os.PathLike, inputs, what: str = "output") -> Path:
+    """Refuse to write ``path`` when it is one of the files the run reads (``inputs``).
+
+    Raises
+    ------
+    OutputError
+        ``path`` resolves to the same file as one of ``inputs``.
+    """
+    from .errors import OutputError
+
+    path = Path(path)
+    target = path.resolve()
+    for item in inputs:
+        if item is not None and Path(item).resolve() == target:
+            raise OutputError(f"the {what} {path} is also an input of this run ({item}); writing it would destroy "
+                              "the input: choose another output path.")
+    return path
+
+
+def check_name(name: str, what: str) -> str:
+    """A name used as one path component (a report name, a figure id): no separators, not ``.``/``..``.
+
+    Raises
+    ------
+    OutputError
+        The name would write outside its folder.
+    """
+    from .errors import OutputError
+
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
+            or "\x00" in name or Path(name).is_absolute():
+        raise OutputError(f"{what} {name!r} must be one plain file name (no '/', '..' or absolute paths), so "
+                          "that everything is written inside the output folder.")
+    return name
+
+
 def to_jsonable(value):
     """Convert numpy arrays and scalars (recursively) to JSON types.
 
