@@ -45,7 +45,8 @@ class ResumeError(LandscapeError):
 
 class OutputError(LandscapeError):
     """An output path is unsafe: it escapes its folder, would overwrite an input or a finished
-    result, or another run is writing there."""
+    result, or another run is writing there.
+    """
 
 
 class HessianError(LandscapeError):
