@@ -44,9 +44,7 @@ class ResumeError(LandscapeError):
 
 
 class OutputError(LandscapeError):
-    """An output path is unsafe: it escapes its folder, would overwrite an input or a finished
-    result, or another run is writing there.
-    """
+    """An output path is unsafe: outside its folder, an input or finished result, or in use by another run."""
 
 
 class HessianError(LandscapeError):
