@@ -74,7 +74,7 @@ def test_the_same_checks_guard_hessian_and_bench(tmp_path, capsys):
 @pytest.mark.xfail(strict=True, reason="hessian --max-iter is checked by the hessian command (issue 22.6, "
                                        "Hessian engineer); remove this marker when it is")
 def test_hessian_max_iter_0(tmp_path, capsys):
-    code = main(["hessian", str(CKPT), "--grid", "2", "--subset", "20", "--max-iter", "0", "--contour-grid", "0",
+    code = main(["hessian", str(CKPT), "--grid", "1", "--subset", "10", "--max-iter", "0", "--contour-grid", "0",
                  "--no-plots", "--quiet", "--out", str(tmp_path / "h")])
     assert code == 2
     one_line_error(capsys, "--max-iter")
