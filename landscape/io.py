@@ -37,41 +37,103 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+_HELD_LOCKS: dict[str, int] = {}  # lock files this process holds, with their nesting depth
+
+
+def check_folder(folder: str | os.PathLike, what: str = "--out") -> Path:
+    """Make sure ``folder`` can be an output folder (created when missing); refuse a file or a path through one.
+
+    Raises
+    ------
+    OutputError
+        ``folder`` is an existing file, or cannot be created.
+    """
+    from .errors import OutputError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{what} {folder} is an existing file, not a folder; choose a folder for the outputs "
+                          "(the file is left as it is).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise OutputError(f"{what} {folder} cannot be created ({reason}); choose another folder.") from None
+    return folder
+
+
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, what: str = "this run") -> Iterator[Path]:
     """Hold ``<folder>/.landscape.lock`` while a run writes into ``folder``; a second run there fails at once.
 
     The lock is an exclusive ``flock`` on the file (released by the OS if the process dies, so
-    a killed run never leaves a stale lock behind); the file records the holder's pid.
+    a killed run never leaves a stale lock behind); the file records the holder's pid and is
+    removed when the run ends. Within one process the lock is re-entrant: a command that locks
+    its folder may call code that locks it again.
 
     Raises
     ------
     OutputError
-        Another process holds the lock.
+        Another process holds the lock, or ``folder`` is a file.
     """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder = check_folder(folder)
+    path = folder / ".landscape.lock"
+    key = str(path.resolve())
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key] += 1
+        try:
+            yield path
+        finally:
+            _HELD_LOCKS[key] -= 1
+        return
+    fh = _acquire(path, folder, what)
+    _HELD_LOCKS[key] = 1
+    try:
+        yield path
+    finally:
+        del _HELD_LOCKS[key]
+        path.unlink(missing_ok=True)  # still locked: a run that opened it meanwhile fails or retries (_acquire)
+        if created:  # this run made the folder and wrote nothing (it failed early): leave no trace of it
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        fh.close()
+
+
+def _acquire(path: Path, folder: Path, what: str):
+    """Open and ``flock`` the lock file; retried when the file was removed while we waited for it."""
     import fcntl
 
     from .errors import OutputError
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / ".landscape.lock"
-    fh = open(path, "a+")
-    try:
+    for _ in range(5):
+        try:
+            fh = open(path, "a+")
+        except FileNotFoundError:  # the folder's last holder removed it, empty, as we came
+            check_folder(folder)
+            continue
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
+            fh.close()
             raise OutputError(f"{folder} is in use by another run (pid {holder}); wait for it to finish or choose "
                               f"another output folder for {what}.") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        yield path
-    finally:
-        fh.close()
+        try:
+            same = os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            return fh
+        fh.close()  # we locked a file its last holder had just removed: lock the current one
+        check_folder(folder)
+    raise OutputError(f"{folder}: could not take its lock file {path.name}; try again.")
 
 
 def check_not_input(path: str | os.PathLike, inputs, what: str = "output") -> Path:

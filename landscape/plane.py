@@ -5,6 +5,9 @@ for grid coordinates ``c``. This module turns the user's arguments into those in
 (:func:`axis`, :func:`plane_setup`) and writes what such a run records: the provenance in a
 result's ``meta`` (:func:`plane_meta`) and the fingerprint that ties a progress file to its run
 (:func:`plane_fingerprint`), so the two never drift apart between surfaces and Hessians.
+Both record the CPU thread count, because values computed with another count differ in their
+last bits (:mod:`landscape.threads`); :func:`check_grid_size` refuses a grid that cannot fit in
+memory before any work starts.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from .data import Dataset, as_dataset
 from .directions import Directions, random_directions
 from .errors import ArgumentError, check_scalar
 from .grid import array_digest
+from .threads import current_threads
+
+FIELDS = 8  # the most values a run over a plane keeps per point (an eigenvalue map's fields)
 
 
 def axis(spec, name: str = "x") -> np.ndarray:
@@ -36,6 +42,7 @@ def axis(spec, name: str = "x") -> np.ndarray:
         lo = check_scalar(spec[0], f"{name} lower end", float)
         hi = check_scalar(spec[1], f"{name} upper end", float)
         n = check_scalar(spec[2], f"{name} number of points", int, min=1)
+        check_grid_size(n, f"the {name} axis")
         arr = np.array([(lo + hi) / 2]) if n == 1 else np.linspace(lo, hi, n)
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         raise ArgumentError(f"{name}: coordinates must be finite and not empty.")
@@ -67,14 +74,65 @@ def plane_setup(ck, data, dirs: Directions | None, x, y, subset: int | None, see
     if dirs.n != 2:
         raise ArgumentError(f"{what} needs 2 directions, got {dirs.n}{hint}.")
     dirs.check_model(ck.model)
-    return ck, data, dirs, axis(x, "x"), axis(y, "y")
+    xs, ys = axis(x, "x"), axis(y, "y")
+    check_grid_size(len(xs) * len(ys), f"the grid of {what} ({len(xs)} x {len(ys)})")
+    return ck, data, dirs, xs, ys
+
+
+def grid_memory(n_points: int, fields: int = FIELDS, world: int = 1) -> tuple[int, int]:
+    """Estimated bytes of a run's result and of its whole working set, for ``n_points`` grid points.
+
+    The result keeps ``fields`` float64 values per point. While it runs, a grid also holds the
+    point coordinates and their mesh (about 6 float64 per point), the engine's values, done-mask
+    and chunk indices, the reshaped copies the result is built from, and under torch.distributed
+    the values gathered from every rank; the model, the data and the activations come on top.
+    """
+    per_value = 8 * fields
+    result = n_points * per_value
+    gathered = 2 * world * (per_value + 1) if world > 1 else 0
+    work = n_points * (3 * per_value + 6 * 8 + 8 + 1 + gathered)
+    return result, work
+
+
+def check_grid_size(n_points: int, what: str = "the grid", *, fields: int = FIELDS, world: int = 1,
+                    available: int | None = None) -> int:
+    """Refuse a grid whose arrays alone would not fit in memory, with the estimate; return ``n_points``.
+
+    Parameters
+    ----------
+    n_points : int
+        Points of the grid (``nx * ny``, or a line's length).
+    what : str
+        How the error names the grid (``"--grid 1000000"``).
+    fields : int
+        Values kept per point (default: the most any run over a plane keeps).
+    world : int
+        Ranks of a torch.distributed run (their gathered values count too).
+    available : int, optional
+        Bytes available; default :func:`landscape.device.available_memory` (no check when unknown).
+
+    Raises
+    ------
+    ArgumentError
+        The estimated working set (:func:`grid_memory`) exceeds the memory available.
+    """
+    from .device import available_memory, format_bytes
+
+    available = available_memory() if available is None else available
+    result, work = grid_memory(n_points, fields, world)
+    if available is not None and work > available:
+        raise ArgumentError(f"{what} has {n_points:,} points: its result needs about {format_bytes(result)} and the "
+                            f"run about {format_bytes(work)} of memory, more than the {format_bytes(available)} "
+                            "available; use fewer points.")
+    return n_points
 
 
 def plane_meta(ck, data, dirs, seed: int, **extra) -> dict:
     """Provenance of a run over a plane: checkpoint, data, seed and the directions' layout."""
     return {"checkpoint": ck.name, "digest": ck.digest, "path": str(ck.path) if ck.path else None,
             "arch": ck.meta.get("arch"), "loss": ck.meta.get("loss"), "data": data.name, "n_samples": len(data),
-            "seed": seed, "directions": {"names": dirs.names, "shapes": dirs.shapes, "meta": dirs.meta}, **extra}
+            "seed": seed, "directions": {"names": dirs.names, "shapes": dirs.shapes, "meta": dirs.meta},
+            "threads": current_threads(), **extra}
 
 
 def plane_fingerprint(ck, data, dirs, points: np.ndarray, kind: str, **extra) -> dict:
@@ -82,7 +140,10 @@ def plane_fingerprint(ck, data, dirs, points: np.ndarray, kind: str, **extra) ->
 
     Two runs share a fingerprint only if they evaluate the same weights, data, directions and
     points in the same way (``extra``: the run's own options), so a resume never mixes runs.
+    On the CPU that includes the thread count: reductions split over another number of threads
+    add in another order, and a run resumed under it would mix values that agree with neither.
     """
+    threads = current_threads() if ck.device.type == "cpu" else None
     return {"kind": kind, "checkpoint": ck.digest, "data": data.name, "n": len(data),
             "labels": array_digest(data.y), "directions": array_digest(dirs.vectors),
-            "points": array_digest(points), **extra}
+            "points": array_digest(points), "threads": threads, **extra}

@@ -12,6 +12,7 @@ benchmark looks the same wherever it runs:
 ``verbose`` follows scikit-learn and openTSNE: ``False`` is silent, ``True`` or ``None`` (the
 default) shows progress. ``LANDSCAPE_QUIET=1`` in the environment silences everything (the
 test suite and ``--quiet`` use it), and only rank 0 of a torch.distributed run reports.
+``LANDSCAPE_PROGRESS_INTERVAL=SECONDS`` sets the time between plain lines (default 30).
 """
 from __future__ import annotations
 
@@ -21,7 +22,18 @@ import time
 from typing import TextIO
 
 QUIET_ENV = "LANDSCAPE_QUIET"
-INTERVAL = 30.0  # seconds between plain progress lines
+INTERVAL_ENV = "LANDSCAPE_PROGRESS_INTERVAL"
+
+
+def _interval(default: float = 30.0) -> float:
+    try:
+        value = float(os.environ.get(INTERVAL_ENV, default))
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+INTERVAL = _interval()  # seconds between plain progress lines
 
 
 def resolve(verbose: bool | None = None, progress: bool | None = None) -> bool:

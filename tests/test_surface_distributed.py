@@ -37,3 +37,38 @@ def test_two_gloo_ranks_match_the_single_process_surface(tmp_path, digits_test):
     np.testing.assert_array_equal(sharded.accuracy, single.accuracy)
     np.testing.assert_array_equal(sharded.x, single.x)
     assert not progress_files(out / "surface.npz")
+
+
+ONE_RANK_FAILS = """
+import os, sys
+from viz.cli import main
+argv = sys.argv[1:]
+if os.environ.get("RANK") == "1":  # a user error on this rank only: a checkpoint it cannot find
+    argv = [a.replace("mlp-ce.safetensors", "missing.safetensors") for a in argv]
+sys.exit(main(argv))
+"""
+
+
+@pytest.mark.slow
+def test_a_user_error_on_one_rank_ends_every_rank_with_one_line(tmp_path):
+    """Issue 22.6: the failing rank prints one line and exits 2; torchrun then ends the others (no hang)."""
+    import time
+
+    script = tmp_path / "one_rank_fails.py"
+    script.write_text(ONE_RANK_FAILS)
+    out = tmp_path / "dist"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "surface", str(CKPT), "--device", "cpu", "--grid", "9", "--samples", "60", "--chunk-size", "2",
+           "--no-plots", "--quiet", "--out", str(out)]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - t0 < 100  # rank 0 waited at a barrier for rank 1 and was ended, not left hanging
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("landscape surface:")]
+    assert ours == [f"landscape surface: error (rank 1): checkpoint {ROOT / 'trained_models' / 'missing.safetensors'} "
+                    "does not exist; check the path."], proc.stderr[-3000:]
+    assert "exitcode  : 2" in proc.stderr  # torchrun's summary: the rank exited with the CLI's status
+    for package in ("viz", "landscape"):  # no traceback through the toolkit's code on any rank
+        assert f'File "{ROOT / package}' not in proc.stderr, proc.stderr[-3000:]
+    assert not (out / "surface.npz").exists()

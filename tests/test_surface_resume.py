@@ -123,3 +123,73 @@ def test_progress_of_another_run_is_refused(zoo_path, digits_test, tmp_path, mon
     # other directions (seed 1) make another run: its progress is never mixed in
     with pytest.raises(ResumeError, match="different run"):
         surface(zoo_path("mlp-ce"), data, seed=1, out=out, resume=True, **grid)
+
+
+def _interrupted(ck, data, out, threads: int, **grid_kw):
+    """Run a surface with ``threads`` CPU threads until a simulated crash after its first chunk."""
+    from landscape.threads import limit_threads
+
+    original = GridEvaluator.__call__
+    calls = {"n": 0}
+
+    def crash_after_one(self, coords):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise RuntimeError("stop")
+        return original(self, coords)
+
+    with limit_threads(threads):
+        GridEvaluator.__call__ = crash_after_one
+        try:
+            with pytest.raises(RuntimeError, match="stop"):
+                surface(ck, data, out=out, **grid_kw)
+        finally:
+            GridEvaluator.__call__ = original
+
+
+def test_a_resume_under_another_thread_count_is_refused(zoo_path, digits_test, tmp_path):
+    """Issue 22.7: values depend on the thread count, so progress records it and a resume must match it."""
+    from landscape.grid import recorded_threads
+    from landscape.threads import limit_threads
+
+    data = digits_test.subset(40, seed=0)
+    out = tmp_path / "s.npz"
+    kw = dict(x=(-1, 1, 3), y=(-1, 1, 3), chunk_size=3, verbose=False)
+    _interrupted(zoo_path("mlp-ce"), data, out, threads=2, **kw)
+    assert recorded_threads(tmp_path) == 2
+    with limit_threads(1):
+        with pytest.raises(ResumeError, match="computed with 2 CPU threads .* --threads 2"):
+            surface(zoo_path("mlp-ce"), data, out=out, resume=True, **kw)
+    with limit_threads(2):
+        resumed = surface(zoo_path("mlp-ce"), data, out=out, resume=True, **kw)
+        whole = surface(zoo_path("mlp-ce"), data, **kw)
+    assert resumed.meta["threads"] == 2
+    np.testing.assert_array_equal(resumed.loss, whole.loss)
+
+
+def test_the_cli_resumes_with_the_thread_count_it_recorded(zoo_path, digits_test, tmp_path):
+    """Without --threads, ``--resume`` takes the count of the run it continues; an explicit other one is refused."""
+    import torch
+
+    from viz.cli import main
+
+    data = digits_test.subset(20, seed=0)
+    out = tmp_path / "run"
+    kw = dict(x=(-1, 1, 3), y=(-1, 1, 3), chunk_size=4, verbose=False)
+    _interrupted(zoo_path("mlp-ce"), data, out / "surface.npz", threads=2, **kw)
+    base = ["surface", str(zoo_path("mlp-ce")), "--grid", "3", "--subset", "20", "--chunk-size", "4", "--quiet",
+            "--no-plots", "--out", str(out), "--resume"]
+    before = torch.get_num_threads()
+    assert main([*base, "--threads", "1"]) == 2
+    assert main(base) == 0
+    assert Surface.load(out / "surface.npz").meta["threads"] == 2
+    assert torch.get_num_threads() == before  # the CLI restored this process's own setting
+
+
+def test_a_corrupt_progress_file_is_a_clear_error(zoo_path, digits_test, tmp_path):
+    out = tmp_path / "s.npz"
+    kw = dict(x=(-1, 1, 2), y=(-1, 1, 2), verbose=False)
+    for content in (b"", b"PK\x03\x04 cut short"):
+        (tmp_path / "s.npz.progress.rank0of1.npz").write_bytes(content)
+        with pytest.raises(ResumeError, match="corrupt or truncated.*overwrite"):
+            surface(zoo_path("mlp-ce"), digits_test.subset(10, seed=0), out=out, resume=True, **kw)

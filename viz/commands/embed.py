@@ -15,7 +15,8 @@ import argparse
 from pathlib import Path
 
 from landscape.io import atomic_path
-from viz.cli import add_common, data_spec, load_checkpoint
+from viz.cli import (add_common, check_outputs, data_spec, float_arg, input_files, int_arg, load_checkpoint,
+                     stamp_threads)
 
 EPILOG = """examples:
   landscape embed trained_models/mlp-ce.safetensors
@@ -38,11 +39,14 @@ def register(sub) -> None:
     p.add_argument("--data", default=None,
                    help="dataset spec (default: the one in each checkpoint's meta, else digits)")
     p.add_argument("--split", default="test", choices=("train", "test"), help="data split drawn (default: test)")
-    p.add_argument("--samples", type=int, default=None, help="use a seeded random subset of this size")
+    p.add_argument("--samples", "--subset", dest="samples", type=int_arg("--samples", min=1), default=None,
+                   help="use a seeded random subset of this size")
     p.add_argument("--arch", default=None, help="architecture, for bare state_dicts without meta")
     g = p.add_argument_group("t-SNE")
-    g.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default: 30)")
-    g.add_argument("--n-jobs", type=int, default=1, help="t-SNE threads; 1 is bit-reproducible (default: 1)")
+    g.add_argument("--perplexity", type=float_arg("--perplexity", min=0, include_min=False), default=30.0,
+                   help="t-SNE perplexity (default: 30)")
+    g.add_argument("--n-jobs", type=int_arg("--n-jobs", min=1), default=1,
+                   help="t-SNE threads; 1 is bit-reproducible (default: 1)")
     g.add_argument("--map-split", choices=("train", "test"), default=None,
                    help="fit the map on this split and place the --split points onto it")
     g = p.add_argument_group("hypersphere")
@@ -80,6 +84,7 @@ def run(args) -> int:
 
     out = Path(args.out)
     cks = by_name([load_checkpoint(args, path) for path in args.checkpoints])
+    check_outputs(out, _outputs(cks), input_files(args))
     feats = {name: _features(args, ck, args.split) for name, ck in cks.items()}
     table = compare_stats(feats, seed=args.seed)
     written = _write_table(args, table, out)
@@ -92,8 +97,14 @@ def run(args) -> int:
     return 0
 
 
+def _outputs(cks: dict) -> list[str]:
+    """The names this command writes in --out (stems cover every suffix)."""
+    per_model = [f"{name}-{kind}" for name in cks for kind in ("tsne", "sphere")]
+    return ["stats", "stats-table", "tsne-grid", "sphere-grid", *per_model]
+
+
 def _write_table(args, table, out: Path) -> list[Path]:
-    written = [table.save(out / "stats.npz")]
+    written = [stamp_threads(table).save(out / "stats.npz")]
     with atomic_path(out / "stats.md") as tmp:
         tmp.write_text(table.to_markdown() + "\n")
     written.append(out / "stats.md")
@@ -115,7 +126,7 @@ def _run_tsne(args, cks: dict, feats: dict, table, out: Path) -> list[Path]:
             embs[name] = ls.tsne(_features(args, ck, args.map_split), **options).transform(feats[name])
         else:
             embs[name] = ls.tsne(feats[name], **options)
-        written.append(embs[name].save(out / f"{name}-tsne.npz"))
+        written.append(stamp_threads(embs[name]).save(out / f"{name}-tsne.npz"))
         _say(args, f"{name}: t-SNE trustworthiness {embs[name].trustworthiness:.3f}, "
                    f"kNN accuracy {embs[name].knn_accuracy:.3f}")
     if args.no_plots:
@@ -134,7 +145,7 @@ def _run_sphere(args, feats: dict, out: Path) -> list[Path]:
 
     spheres = {name: ls.hypersphere(f, dim=args.dim, projection=args.projection, seed=args.seed)
                for name, f in feats.items()}
-    written = [sph.save(out / f"{name}-sphere.npz") for name, sph in spheres.items()]
+    written = [stamp_threads(sph).save(out / f"{name}-sphere.npz") for name, sph in spheres.items()]
     if args.no_plots:
         return written
     from viz.embedding import hypersphere, hypersphere_grid

@@ -14,7 +14,7 @@ import numpy as np
 import landscape as ls
 from landscape.errors import ArgumentError
 from landscape.gradcam import METHODS, gradcam
-from viz.cli import add_common, data_spec, load_checkpoint
+from viz.cli import add_common, check_outputs, data_spec, input_files, int_arg, load_checkpoint, stamp_threads
 
 EPILOG = """examples:
   landscape gradcam trained_models/cnn-ce.safetensors --out runs/gradcam
@@ -29,13 +29,16 @@ def register(sub) -> None:
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint file(s); two or more are compared")
     pick = p.add_mutually_exclusive_group()
-    pick.add_argument("--images", type=int, default=8, metavar="N",
+    # --images, --indices and --target are checked against the data and the model once they are loaded
+    pick.add_argument("--images", type=int_arg("--images"), default=8, metavar="N",
                       help="number of test images, drawn at random with --seed (default: 8)")
-    pick.add_argument("--indices", type=int, nargs="+", metavar="I", help="these images of the split instead")
+    pick.add_argument("--indices", type=int_arg("--indices"), nargs="+", metavar="I",
+                      help="these images of the split instead")
     p.add_argument("--layer", help="layer to explain, by name (default: the last convolutional layer)")
     p.add_argument("--method", default="guided-gradcam", choices=METHODS,
                    help="what to compute (default: guided-gradcam, which draws the heat map and Guided Grad-CAM)")
-    p.add_argument("--target", type=int, help="class to explain for every image (default: the predicted class)")
+    p.add_argument("--target", type=int_arg("--target"),
+                   help="class to explain for every image (default: the predicted class)")
     p.add_argument("--data", help="dataset spec (default: the one in the checkpoint's meta)")
     p.add_argument("--split", default="test", choices=ls.data.SPLITS)
     p.add_argument("--arch", help="architecture, for a bare state_dict without meta")
@@ -68,14 +71,16 @@ def run(args) -> int:
     names = [ck.name for ck in checkpoints]
     if len(set(names)) != len(names):
         names = [f"{i + 1}:{name}" for i, name in enumerate(names)]  # two files with the same stem
+    stems = {name: f"gradcam-{name.replace(':', '-')}" for name in names}
+    check_outputs(out, [*stems.values(), "gradcam-compare"], input_files(args))
     spec = data_spec(args, checkpoints[0])
     images, indices = select(ls.load_dataset(spec, split=args.split), args.images, args.indices, args.seed)
     cams = {}
     for name, ck in zip(names, checkpoints):
         cam = gradcam(ck, images, target_layer=args.layer, method=args.method, target=args.target)
         cam.meta.update(indices=indices, split=args.split, seed=args.seed)
-        cams[name] = cam
-        stem = out / f"gradcam-{name.replace(':', '-')}"
+        cams[name] = stamp_threads(cam)
+        stem = out / stems[name]
         written = [cam.save(stem), *_save(gradcam_grid(cam, max_images=len(images)), stem)]
         _report(args, name, cam, written)
     if len(cams) > 1:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import landscape as ls
-from viz.cli import add_common
+from viz.cli import add_common, int_arg
 
 EPILOG = """examples:
   landscape phenotype A2 CE --out runs/phenotype
@@ -30,16 +30,21 @@ def register(sub) -> None:
                    help="registered loss names or specs such as 'adma(a=0.1)' or '0.5*ce + 0.5*a2'")
     p.add_argument("--reference", help="loss the others are compared with in difference plots "
                                        "(default: the last LOSS when there are two or more)")
-    p.add_argument("--resolution", type=int, default=51, help="grid points per axis over [0, 1] (default: 51)")
+    p.add_argument("--resolution", type=int_arg("--resolution", min=2), default=51,
+                   help="grid points per axis over [0, 1] (default: 51)")
     p.add_argument("--no-surfaces", action="store_true", help="skip the per-loss 3D surfaces")
     p.add_argument("--list", action="store_true", help="list the losses that have a phenotype and exit")
-    add_common(p, out="phenotype")
+    add_common(p, out="runs/phenotype")
     p.set_defaults(func=run)
 
 
 def _slug(label: str) -> str:
-    """A file-name-safe form of a loss label (``adma(a=0.1)`` -> ``adma_a=0.1``)."""
-    return re.sub(r"[^A-Za-z0-9.=-]+", "_", label).strip("_") or "loss"
+    """A file-name-safe form of a loss label (``adma(a=0.1)`` -> ``adma_a=0p1``).
+
+    No dots: a figure is saved as ``<stem>.png``, and a dot in the stem would be taken for the
+    start of its suffix (``adma(a=0.1)`` and ``adma(a=0.3)`` both became ``...adma_a=0.png``).
+    """
+    return re.sub(r"[^A-Za-z0-9=-]+", "_", label.replace(".", "p")).strip("_") or "loss"
 
 
 def run(args) -> int:

@@ -3,7 +3,10 @@
 Writes ``surface.npz`` (the :class:`landscape.surface.Surface`, directions included) and its
 figures (``contour.png``, ``contourf.png``, ``surface3d.html``) to ``--out``; with ``--line``
 writes ``line.npz`` and ``line.png``. Work is flushed chunk by chunk; ``--resume`` continues
-a killed run. Under ``torchrun`` the grid is sharded over the ranks (NCCL on GPUs, gloo on CPU).
+a killed run, ``--overwrite`` replaces a finished one (a rerun without either is refused, so a
+finished surface is never replaced by accident). Under ``torchrun`` the grid is sharded over the
+ranks (NCCL on GPUs, gloo on CPU). Nothing the run reads (checkpoints, ``--dirs``, data files)
+is ever written over.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from landscape.errors import ArgumentError
-from viz.cli import add_common, add_plane_options, load_checkpoint, parse_grid, parse_range
+from viz.cli import add_common, add_plane_options, check_outputs, input_files, load_checkpoint, parse_grid, parse_range
 
 EPILOG = """examples:
   landscape surface trained_models/mlp-ce.safetensors --grid 51 --out runs/ce
@@ -19,6 +22,7 @@ EPILOG = """examples:
   landscape surface trained_models/mlp-ce.safetensors --line --between \
 trained_models/snapshots/mlp-ce/epoch005.safetensors
   landscape surface trained_models/mlp-ce.safetensors --out runs/ce --resume     # continue a killed run
+  landscape surface trained_models/mlp-ce.safetensors --out runs/ce --overwrite  # compute it again
   torchrun --nproc_per_node 2 -m viz.cli surface trained_models/resnet-ce.safetensors --grid 51
 """
 
@@ -39,6 +43,8 @@ def register(sub) -> None:
     add_common(p, out="runs/surface")
     p.set_defaults(func=run)
 
+# the figures each kind of run writes (stems: each writes <stem>.png or .html and <stem>.json)
+FIGURES = {False: ("contour", "contourf", "surface3d"), True: ("line",)}
 
 
 def _directions(args, ck, n: int):
@@ -72,27 +78,31 @@ def run(args) -> int:
     from landscape.surface import interpolate, surface
 
     rank, _, device = init_distributed(args.device)
-    nx, ny = parse_grid(args.grid, args.line)
+    nx, ny = parse_grid(args.grid, args.line, plots=not args.no_plots)
     xr, yr = parse_range(args.range, args.line)
+    out = Path(args.out)
+    target = out / ("line.npz" if args.line else "surface.npz")
+    check_outputs(out, [target.name, *FIGURES[args.line]], input_files(args))
     ck = load_checkpoint(args, args.checkpoint, device)
     data = ls.load_dataset(args.data, split=args.split).subset(args.subset, seed=args.seed)
-    out = Path(args.out)
-    progress = False if args.quiet else None
     common = dict(seed=args.seed, with_ce=args.ce, batch_size=args.batch_size, resume=args.resume,
-                  chunk_size=args.chunk_size, progress=progress)
+                  chunk_size=args.chunk_size, verbose=False if args.quiet else None)
     dirs = _directions(args, ck, 1 if args.line else 2)
     if args.line:
-        result = interpolate(ck, dirs, data, t=(xr[0], xr[1], nx), out=out / "line.npz", **common)
+        result = interpolate(ck, dirs, data, t=(xr[0], xr[1], nx), out=target, **common)
     else:
-        result = surface(ck, data, dirs, x=(*xr, nx), y=(*yr, ny), out=out / "surface.npz", **common)
+        result = surface(ck, data, dirs, x=(*xr, nx), y=(*yr, ny), out=target, **common)
     if rank != 0:
         return 0
-    written = [out / ("line.npz" if args.line else "surface.npz")]
+    written = [target]
     if not args.no_plots:
         written += _figures(result, out, args.line, args.log)
     if not args.quiet:
-        centre = f", centre loss {result.meta['centre']['loss']:.4g}"
-        print(f"{ck.name}: {'line' if args.line else 'surface'} of {len(data)} samples{centre}")
+        # meta["centre"] is the checkpoint itself (coordinates 0), whether or not the grid contains it
+        centre, threads = result.meta["centre"], result.meta.get("threads")
+        print(f"{ck.name}: {'line' if args.line else 'surface'} of {len(data)} samples on {threads} CPU "
+              f"thread{'' if threads == 1 else 's'}; at the centre loss {centre['loss']:.4g}, "
+              f"accuracy {centre['accuracy']:.4g}")
         for path in written:
             print(f"  wrote {path}")
     return 0

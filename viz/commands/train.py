@@ -1,4 +1,9 @@
-"""``landscape train``: rebuild the shipped checkpoints of trained_models/ deterministically."""
+"""``landscape train``: rebuild the shipped checkpoints of trained_models/ deterministically.
+
+Trains the zoo entries one after another (all of them, or those named by ``--only``) and merges
+each into ``--out``'s manifest as soon as it is written, so an interrupted rebuild keeps what
+it finished. Progress: a bar on a terminal, a plain line with done/total and ETA elsewhere.
+"""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +23,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from landscape.errors import check_choice
+    from landscape.progress import bar
     from landscape.train import ZOO, build_zoo
 
     if args.list:
@@ -25,5 +32,10 @@ def run(args) -> int:
             kw = ", ".join(f"{k}={v}" for k, v in r.loss_kwargs.items())
             print(f"{r.name:24s} arch={r.arch:7s} loss={r.loss}{f' ({kw})' if kw else ''} epochs={r.epochs}")
         return 0
-    build_zoo(args.out, only=args.only, quiet=args.quiet)
+    names = [r.name for r in ZOO]
+    chosen = [check_choice(name, "--only", names) for name in dict.fromkeys(args.only)] if args.only else names
+    with bar(len(chosen), "train", None if not args.quiet else False, unit="model") as progress:
+        for name in chosen:  # one at a time: each finished model reaches the manifest at once
+            build_zoo(args.out, only=[name], quiet=args.quiet)
+            progress.update()
     return 0
