@@ -9,7 +9,7 @@ from viz.cli import add_common
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks against peers (surface, hessian)", description=__doc__,
+    p = sub.add_parser("bench", help="benchmarks against peers (surface, hessian, data)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  landscape bench surface --grid 51\n  landscape bench hessian")
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
