@@ -92,7 +92,9 @@ BAD = [
      "a folder without a FER-2013 CSV .looked for fer2013.csv"),
     ("fer missing columns", lambda t: _fer(t / "f.csv", b"label,img\n1,2\n"), r"missing column\(s\) \['emotion'"),
     ("fer short row", lambda t: _fer(t / "f.csv", b"emotion,pixels,Usage\n1,1 2 3,PublicTest\n"),
-     "line 2: 3 pixels, expected 2304"),
+     "line 2: 3 pixels read, expected 2304"),
+    ("fer not a number", lambda t: _fer(t / "f.csv", ("emotion,pixels,Usage\n" + FER_ROW.replace("128", "1.5", 1))
+                                        .encode()), "line 2: .*pixels integers 0..255"),
     ("fer pixel range", lambda t: _fer(t / "f.csv", ("emotion,pixels,Usage\n" + FER_ROW.replace("128", "300", 1))
                                        .encode()), r"pixel values span \[128, 300\]"),
     ("fer emotion 9", lambda t: _fer(t / "f.csv", ("emotion,pixels,Usage\n9" + FER_ROW[1:]).encode()),

@@ -47,8 +47,8 @@ class Dataset:
     x : array-like
         Inputs ``(N, ...)``, images as ``(N, C, H, W)``. ``uint8`` arrays are 8-bit images,
         kept as ``uint8`` and scaled to [0, 1] when used; any other numeric array is stored as
-        float32 and used as it is. A read-only array (a memory map, ``np.frombuffer``) is copied
-        once, because torch needs writable memory.
+        float32 and used as it is. A read-only (``np.frombuffer``) or non-contiguous array is
+        copied once, because torch needs writable memory and batches are contiguous slices.
     y : array-like
         Integer labels ``(N,)`` in ``[0, len(classes))``.
     classes : sequence of str
@@ -95,6 +95,8 @@ class Dataset:
                                f"got shape {x.shape}.")
         if x.dtype != np.uint8:
             x = x.astype(np.float32, copy=False)
+        if not x.flags.c_contiguous:  # contiguous batches (and no negative strides, which torch refuses)
+            x = np.ascontiguousarray(x)
         if not x.flags.writeable:
             x = x.copy()
         return x
