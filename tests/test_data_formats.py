@@ -60,6 +60,17 @@ def test_cifar10_python_version_in_a_torchvision_root(tmp_path, python2):
     assert "python version" in te.source
 
 
+def test_cifar10_python_version_repickled_with_protocol_5(tmp_path):
+    """A batch a user re-saved with Python 3's highest protocol (numpy arrays via _frombuffer)."""
+    img, y = _imgs(12, seed=14), np.arange(12) % 10
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": img.reshape(12, -1), "labels": y.tolist()}, protocol=5))
+    d = ls.load_dataset(f"cifar10:{tmp_path}")
+    np.testing.assert_array_equal(d.raw, img)
+    assert d.classes == CIFAR10_CLASSES  # no batches.meta: the published names
+
+
 def test_cifar10_binary_version(tmp_path):
     img, y = _imgs(25, seed=3), np.arange(25) % 10
     write_cifar10(tmp_path / "cifar-10-batches-bin", img, y, "test", version="binary")
