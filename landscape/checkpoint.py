@@ -91,8 +91,9 @@ class Checkpoint:
         """Check that ``data`` fits this checkpoint before any work; warn once when normalisation is missing.
 
         The normalisation in ``meta`` always wins over the dataset's own statistics. Without one,
-        inputs are used as they are, and a :class:`landscape.data.NormalizationWarning` says how to
-        pass one when the inputs look raw (see :meth:`landscape.Dataset.looks_normalized`).
+        inputs are used as they are, and for a checkpoint file a
+        :class:`landscape.data.NormalizationWarning` says how to pass one when the inputs look raw
+        (see :meth:`landscape.Dataset.looks_normalized`); a plain module gets its data as given.
 
         Raises
         ------
@@ -122,7 +123,7 @@ class Checkpoint:
                 raise DatasetError(f"checkpoint {self.name!r} normalises {channels} channel(s), but dataset "
                                    f"{data.name!r} has {data.channels}; use data with {channels} channel(s) or give "
                                    "one mean and std per channel.")
-        elif not data.looks_normalized():
+        elif self.path is not None and not data.looks_normalized():  # a module of one's own takes data as given
             own = data.normalization
             warnings.warn(f"checkpoint {self.name!r} has no normalisation in its meta and the inputs of {data.name!r} "
                           f"look unnormalised (never negative, channel means {[round(m, 3) for m in own['mean']]}), "

@@ -306,10 +306,12 @@ def test_missing_normalisation_warns_once_with_a_bare_state_dict(small_ckpt, dig
     x, y = digits_test.tensors()
     quiet = [ls.data.as_dataset(((x - 0.3) / 0.37, y)), digits_test]
     with_norm = ls.load_checkpoint(small_ckpt({"normalization": {"mean": [0.3], "std": [0.37]}}), device="cpu")
+    own_module = ls.checkpoint.as_checkpoint(ck.model)  # a module of one's own takes data as given
     with warnings.catch_warnings():
         warnings.simplefilter("error", NormalizationWarning)
         ck.prepare(quiet[0])
         with_norm.prepare(quiet[1])
+        own_module.prepare(digits_test)
 
 
 def test_the_checkpoint_normalisation_wins_over_the_data_statistics(small_ckpt, digits_test):
