@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -318,3 +319,15 @@ def test_one_root_holds_them_all(tmp_path):
                True)
     assert [len(ls.load_dataset(f"{k}:{tmp_path}")) for k in ("cifar10", "cifar100", "mnist", "fashion-mnist")] == [
         10, 10, 12, 14]
+
+
+def test_bench_data_prints_every_method(capsys):
+    from viz.cli import main
+
+    assert main(["bench", "data", "--images", "30", "--rounds", "1", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    for name in ("landscape python", "pickle.load (torchvision)", "landscape binary", "float32 split (old loader)",
+                 "stream batches (8)", "tensors() at once"):
+        assert name in out, name
+    assert "give identical images: True" in out
+    assert re.search(r"float32 split [\d.]+ MiB \(3\.9\dx\)", out)  # uint8 holds a quarter (plus the labels)

@@ -198,13 +198,18 @@ def peak_memory(fn: Callable[[], Any]) -> tuple[Any, float, str]:
 
 
 def _held(obj: Any) -> int:
+    """Bytes a result keeps: a Dataset's inputs and labels, an array's or a tensor's data, summed over tuples."""
+    import torch
+
+    from landscape.data import Dataset
+
     if isinstance(obj, tuple):
         return sum(_held(o) for o in obj)
-    for attr in ("raw", "nbytes"):
-        if hasattr(obj, attr):
-            val = getattr(obj, attr)
-            return int(val.nbytes) + int(obj.y.nbytes) if attr == "raw" else int(val)
-    if hasattr(obj, "element_size"):
+    if isinstance(obj, Dataset):
+        return int(obj.raw.nbytes + obj.y.nbytes)
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, torch.Tensor):
         return int(obj.numel() * obj.element_size())
     return 0
 
@@ -266,7 +271,7 @@ def run(args) -> int:
                 fn()
                 times[name].append(time.perf_counter() - t0)
         memory = {name: peak_memory(fn) for name, fn in methods.items()}
-        assert_same = np.array_equal(memory["landscape python"][0].raw, memory["landscape binary"][0].raw)
+        identical = np.array_equal(memory["landscape python"][0].raw, memory["landscape binary"][0].raw)
     peer = min(times["pickle.load (torchvision)"])
     how = next(iter(memory.values()))[2]
     print(f"{'method':30s} {'best s':>8s} {'x peer':>7s} {'peak MiB':>9s} {'held MiB':>9s}   (memory: {how})")
@@ -276,5 +281,5 @@ def run(args) -> int:
         print(f"{name:30s} {best:8.3f} {best / peer:7.2f} {peak / 2**20:9.1f} {_held(result) / 2**20:9.1f}")
     old, new = _held(memory["float32 split (old loader)"][0]), _held(memory["landscape python"][0])
     print(f"held in memory: uint8 split {new / 2**20:.1f} MiB vs float32 split {old / 2**20:.1f} MiB "
-          f"({old / new:.2f}x); python and binary versions give identical images: {assert_same}")
+          f"({old / new:.2f}x); python and binary versions give identical images: {identical}")
     return 0
