@@ -151,6 +151,7 @@ def test_count_mismatch_names_the_dataset(tmp_path):
         ls.load_dataset(f"npz:{tmp_path / 'b.npz'}")
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_a_subprocess_run_exits_2_with_one_line(tmp_path):
     import subprocess
 
