@@ -20,7 +20,7 @@ PIXEL_MAX = 255
 #: A channel mean at or above this, with no negative input anywhere, marks raw (unnormalised) intensities.
 RAW_MEAN_THRESHOLD = 0.1
 # samples per chunk when statistics are computed: bounded memory for any split size
-_STATS_ELEMENTS = 1 << 24
+_STATS_ELEMENTS = 1 << 22
 
 
 class NormalizationWarning(UserWarning):
@@ -226,8 +226,9 @@ class Dataset:
 
         Each class gets its share ``n * count / N`` rounded by largest remainders (so every
         class is within one sample of its exact share), and every class present gets at least
-        one sample when ``n`` is at least the number of classes. See :func:`stratified_indices`
-        for ties and tiny classes. Samples keep their order in the split.
+        one sample when ``n`` is at least the number of classes (a tiny class's sample is taken
+        from the class furthest above its share). See :func:`stratified_indices` for ties.
+        Samples keep their order in the split.
         """
         n = check_scalar(n, "subset", int, min=1, allow_none=True)
         seed = check_scalar(seed, "seed", int)
