@@ -145,6 +145,8 @@ def test_subset_is_seeded_and_stratified(digits_test):
     assert idx == sorted(set(idx))
     with pytest.raises(ArgumentError, match="subset must be >= 1"):
         d.subset(0)
+    with pytest.raises(ArgumentError, match="seed must be >= 0"):
+        d.subset(5, seed=-1)
 
 
 def test_stratified_indices_tiny_classes_and_ties():

@@ -231,7 +231,7 @@ class Dataset:
         Samples keep their order in the split.
         """
         n = check_scalar(n, "subset", int, min=1, allow_none=True)
-        seed = check_scalar(seed, "seed", int)
+        seed = check_scalar(seed, "seed", int, min=0)
         if n is None or n >= len(self):
             return self
         return self.take(stratified_indices(self.y, n, seed), f"{self.name}[subset {n}, seed {seed}]")
