@@ -211,14 +211,14 @@ def test_parse_spec(spec, kind, path, options):
     ("cifar", {}, "Did you mean 'cifar10'"),
     ("cifar10", {}, "needs a path"),
     ("cifar10:/no/such/dir", {}, "does not exist"),
-    ("digits:/tmp", {}, "takes no path"),
+    ("digits:some/dir", {}, "takes no path"),
     ("digits?x=1", {}, "unknown option 'x' for digits. It takes no options"),
-    ("cifar100:/tmp?label=coarse", {}, "Did you mean 'labels'"),
-    ("cifar100:/tmp?labels=super", {}, "labels='super' is not one of fine, coarse"),
-    ("imagefolder:/tmp?resize=big", {}, "give a size N or HxW"),
-    ("imagefolder:/tmp?grayscale=maybe", {}, "give true or false"),
-    ("fer2013:/tmp?usage=Private", {}, "Training, PublicTest, PrivateTest"),
-    ("imagefolder:/tmp?resize=32", {"resize": 32}, "given both in the spec"),
+    ("cifar100:some/dir?label=coarse", {}, "Did you mean 'labels'"),
+    ("cifar100:some/dir?labels=super", {}, "labels='super' is not one of fine, coarse"),
+    ("imagefolder:some/dir?resize=big", {}, "give a size N or HxW"),
+    ("imagefolder:some/dir?grayscale=maybe", {}, "give true or false"),
+    ("fer2013:some/dir?usage=Private", {}, "Training, PublicTest, PrivateTest"),
+    ("imagefolder:some/dir?resize=32", {"resize": 32}, "given both in the spec"),
 ])
 def test_bad_specs(spec, kwargs, msg):
     with pytest.raises(DatasetError, match=msg):
