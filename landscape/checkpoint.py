@@ -28,7 +28,7 @@ from torch import nn
 from . import losses, models
 from .data import Dataset
 from .device import resolve_device
-from .errors import ArchitectureError, CheckpointError, LandscapeError, LossError
+from .errors import ArchitectureError, CheckpointError, DatasetError, LossError
 from .io import atomic_path
 
 META_KEYS = ("arch", "arch_kwargs", "loss", "loss_kwargs", "dataset", "input_shape", "num_classes", "classes",
@@ -79,15 +79,58 @@ class Checkpoint:
     def prepare(self, data: Dataset, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)`` of ``data`` on the checkpoint's device, normalised as in training.
 
-        Every computation feeds data to the model through this one function.
+        Every computation feeds data to the model through this function (or through
+        :meth:`check_data` and ``data.batches(..., transform=ck.normalize)`` when it streams).
+        8-bit images travel as ``uint8`` and are scaled to [0, 1] in ``dtype`` on the device.
         """
+        self.check_data(data)
+        x, y = data.tensors(self.device, dtype=dtype)
+        return self.normalize(x), y
+
+    def check_data(self, data: Dataset) -> None:
+        """Check that ``data`` fits this checkpoint before any work; warn once when normalisation is missing.
+
+        The normalisation in ``meta`` always wins over the dataset's own statistics. Without one,
+        inputs are used as they are, and for a checkpoint file a
+        :class:`landscape.data.NormalizationWarning` says how to pass one when the inputs look raw
+        (see :meth:`landscape.Dataset.looks_normalized`); a plain module gets its data as given.
+
+        Raises
+        ------
+        DatasetError
+            Inputs of another shape than ``meta["input_shape"]`` (the message names both and how to
+            resize), labels beyond ``meta["num_classes"]``, or a normalisation whose channel count
+            differs from the data's.
+        """
+        import warnings
+
+        from .data import NormalizationWarning, shape_hint
+
         expected = self.meta.get("input_shape")
         if expected is not None and tuple(data.input_shape) != tuple(expected):
-            raise LandscapeError(f"dataset {data.name!r} has inputs of shape {data.input_shape}, but checkpoint "
-                                 f"{self.name!r} expects {tuple(expected)}; use the dataset it was trained on "
-                                 f"({self.meta.get('dataset', 'see its meta')}).")
-        x, y = data.tensors(self.device)
-        return self.normalize(x.to(dtype)), y
+            raise DatasetError(f"dataset {data.name!r} has inputs of shape {data.input_shape}, but checkpoint "
+                               f"{self.name!r} expects {tuple(expected)}: {shape_hint(expected)} (it was trained on "
+                               f"{self.meta.get('dataset') or 'data of that shape'}).")
+        n_classes = self.meta.get("num_classes")
+        if n_classes is not None and int(data.y.max()) >= n_classes:
+            raise DatasetError(f"dataset {data.name!r} has labels up to {int(data.y.max())} "
+                               f"({len(data.classes)} classes), but checkpoint {self.name!r} has {n_classes} outputs; "
+                               f"use the dataset it was trained on ({self.meta.get('dataset') or 'see its meta'}).")
+        norm = self.meta.get("normalization")
+        if norm:
+            channels = len(norm["mean"]) if isinstance(norm["mean"], (list, tuple)) else 1
+            if channels not in (1, data.channels):
+                raise DatasetError(f"checkpoint {self.name!r} normalises {channels} channel(s), but dataset "
+                                   f"{data.name!r} has {data.channels}; use data with {channels} channel(s) or give "
+                                   "one mean and std per channel.")
+        elif self.path is not None and not data.looks_normalized():  # a module of one's own takes data as given
+            own = data.normalization
+            warnings.warn(f"checkpoint {self.name!r} has no normalisation in its meta and the inputs of {data.name!r} "
+                          f"look unnormalised (never negative, channel means {[round(m, 3) for m in own['mean']]}), "
+                          "so they are used as they are; if the model was trained on normalised inputs, pass "
+                          "meta={'normalization': {'mean': [...], 'std': [...]}} to load_checkpoint (CLI: "
+                          "--normalization train or MEAN/STD), or {'mean': [0], 'std': [1]} if it takes raw inputs.",
+                          NormalizationWarning, stacklevel=3)
 
     def evaluate(self, data: Dataset, batch_size: int | None = None) -> tuple[float, float]:
         """Mean training-objective loss and accuracy on ``data``."""

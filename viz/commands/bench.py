@@ -15,9 +15,10 @@ POSITIVE_FLOATS = ("range", "tol")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks against peers (surface, hessian)", description=__doc__,
+    p = sub.add_parser("bench", help="benchmarks against peers (surface, hessian, data)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  landscape bench surface --grid 51\n  landscape bench hessian")
+                       epilog="examples:\n  landscape bench surface --grid 51\n  landscape bench hessian\n"
+                              "  landscape bench data")
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
     for kind in KINDS:
         module = importlib.import_module(f"landscape.benchmarks.{kind}")
