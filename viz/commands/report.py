@@ -23,8 +23,9 @@ def run(args) -> int:
 
     if args.kinds:
         for k in KINDS.values():
-            opts = ", ".join(f"{o}={v!r}" for o, v in k.options().items())
-            print(f"{k.name:22s} {k.help}\n{'':22s} options: {opts}")
+            print(f"{k.name}: {k.help}{'' if k.uses_models else ' (no models)'}")
+            for name, option in k.options.items():
+                print(f"    {name:14s} {option.describe()}{f'  - {option.help}' if option.help else ''}")
         return 0
     build_report(args.spec, out_root=args.out, device=args.device, quiet=args.quiet, only=args.only, seed=args.seed,
                  trust_code=args.trust_code)
