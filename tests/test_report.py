@@ -264,6 +264,7 @@ def test_progress_per_figure_and_inside_figures_and_quiet_silences_all(tmp_path,
     assert "report [1/2] contours (contour): 2 results to compute, 0 cached" in loud.err
     assert "report [2/2] 02-phenotype_curves (phenotype_curves): 2 results to compute, 0 cached" in loud.err
     assert loud.err.count("surface: 25/25 pt (100.0%)") == 2  # inside the figure: each surface's own progress
+    assert "report [1/2] contours: computing surface of mam" in loud.err
     assert "report: 2/2 fig (100.0%)" in loud.err and "report written to" in loud.out
     build_report(spec, out_root=tmp_path / "quiet", root=ROOT, quiet=True)
     quiet = capsys.readouterr()
@@ -422,3 +423,29 @@ def test_second_report_over_the_cache_in_fresh_processes(tmp_path):
     loaded = dict(line.split() for line in proc.stdout.splitlines())
     assert loaded and "Result" not in loaded.values()
     assert {"Surface", "Curve", "Phenotype", "Sphere"} <= set(loaded.values()), loaded
+
+
+def test_eigen_ratio_figures_of_several_models_share_round_contour_levels():
+    """Compared panels share one set of round levels: the eigen-ratio figures of two models (hand-made maps)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from landscape.hessian import EigenMap
+    from landscape.surface import Surface
+    from viz.report import Figure
+
+    x = np.linspace(-1, 1, 3)
+    results = {}
+    for m, scale in (("ce", 1.0), ("mam", 3.0)):  # losses 0.1 .. 2.1 and 0.3 .. 6.3
+        loss = scale * (0.1 + x[None, :] ** 2 + x[:, None] ** 2)
+        ones = np.ones((3, 3))
+        results[f"{m}/eigen"] = EigenMap(x, x, -0.1 * ones, ones, 0.1 * ones, loss, ones, 1e-4 * ones, ones > 0,
+                                         meta={"checkpoint": m})
+        results[f"{m}/surface"] = Surface(x, x, loss, 0.5 * ones, None, meta={"checkpoint": m})
+    k = KINDS["eigen_ratio"]
+    fig = Figure(0, "eigen", k, "", ["ce", "mam"], "digits", {n: o.default for n, o in k.options.items()}, 1)
+    plots = k.draw(results, fig)
+    levels = [np.asarray(p.values["levels"]) for p in plots.values()]
+    np.testing.assert_array_equal(levels[0], levels[1])
+    np.testing.assert_allclose(levels[0], np.arange(0.0, 6.51, 0.5))  # round, and covering both: 0.1 .. 6.3
+    plt.close("all")

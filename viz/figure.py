@@ -93,8 +93,10 @@ class Plot:
                 check_not_input(target, inputs, "figure file")
             stem.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                if self.interactive:
-                    self.fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
+                if self.interactive:  # no page margin: a frame of the figure's size shows all of it, no scrolling
+                    page = self.fig.to_html(include_plotlyjs=True, full_html=True)
+                    tmp.write_text(page.replace("<head>", "<head><style>html, body { margin: 0; }</style>", 1),
+                                   encoding="utf-8")
                 else:
                     self.fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
             write_json(data, {"kind": self.kind, "caption": self.caption, "values": self.values})

@@ -6,7 +6,7 @@ Each kind is registered with :func:`viz.report.kind`: a table of declared option
 options it declares), and a ``compute(ctx, fig) -> {key: Result}`` / ``draw(results, fig) ->
 {suffix: Plot}`` pair. A computation reads its options only from the parameters
 :meth:`viz.report.Context.cached` hands it, so that its key covers everything it depends on
-(tests/test_spec_validation.py checks this for every option of every kind).
+(tests/test_report_cache.py checks this for every option of every kind).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .hessian import eigen_ratio, spectral_density
 from .phenotype import phenotype_curves, phenotype_difference, phenotype_surface
 from .report import (ITERATIVE, Context, Figure, Step, choice, flag, folder, integer, interval, kind, layer,
                      loss_spec, loss_specs, number, text)
-from .surface import compare, curves, surface3d, trajectory
+from .surface import compare, curves, levels_for, surface3d, trajectory
 
 # -- shared options and steps ---------------------------------------------------------------
 GRID_MAX = 1001  # points per axis of a surface: a million evaluations
@@ -158,8 +158,10 @@ def _eigen_compute(ctx, fig):
 
 
 def _eigen_draw(results, fig):
-    return {m: eigen_ratio(results[f"{m}/eigen"], results[f"{m}/surface"], title=f"{m}: Hessian eigenvalue ratio")
-            for m in fig.models}
+    # the models' loss contours are compared side by side: one set of round levels for all of them
+    levels = levels_for([results[f"{m}/surface"].loss for m in fig.models])
+    return {m: eigen_ratio(results[f"{m}/eigen"], results[f"{m}/surface"], levels=levels,
+                           title=f"{m}: Hessian eigenvalue ratio") for m in fig.models}
 
 
 kind("eigen_ratio", "Hessian eigenvalue-ratio |lambda_min/lambda_max| maps beside the loss contour",

@@ -621,6 +621,7 @@ class Context:
         self._data: dict[tuple[str, str], ls.Dataset] = {}
         self._data_id: dict[tuple[str, str], dict] = {}
         self.log: list[dict] = []  # cache hits and misses of the current figure
+        self.say: Callable[[str], None] = lambda line: None  # progress lines of the current figure
 
     def path(self, written: str) -> Path:
         """A path of the spec, resolved against the spec's folder (or ``root=``)."""
@@ -704,6 +705,7 @@ class Context:
             else:
                 self.log.append({"tag": step, "key": key, "item": item, "cached": True})
                 return result
+        self.say(f"computing {step}" + (f" of {item}" if item is not None else ""))
         result = compute(fig.params(declared, item))
         result.save(check_not_input(path, self.inputs, "cache file"))
         self.log.append({"tag": step, "key": key, "item": item, "cached": False})
@@ -911,11 +913,11 @@ def _keys_record(fig: Figure) -> dict[str, str]:
 def _save_plot(ctx: Context, fig: Figure, suffix: str, plot: Plot) -> dict:
     stem = fig.id + (f"-{suffix}" if suffix else "")
     check_name(stem, "figure file name")
-    height = None
-    if plot.interactive and plot.fig.layout.height:
-        height = int(plot.fig.layout.height)
+    size = {"height": None, "width": None}  # a plotly figure's own size, so that its frame in the index fits it
+    if plot.interactive:
+        size = {k: int(getattr(plot.fig.layout, k)) if getattr(plot.fig.layout, k) else None for k in size}
     files = plot.save(ctx.out / stem, close=True, inputs=ctx.inputs)
-    return {"files": [p.name for p in files], "caption": plot.caption, "height": height}
+    return {"files": [p.name for p in files], "caption": plot.caption, **size}
 
 
 def compute_figures(plan: Plan) -> list[dict]:
@@ -925,11 +927,11 @@ def compute_figures(plan: Plan) -> list[dict]:
     with progress.bar(len(figures), "report", ctx.verbose, unit="fig") as bar:
         for i, fig in enumerate(figures, 1):
             cached = sum(ctx.cache_path(step, key).exists() for (step, _), key in fig.keys.items())
-            bar.write(f"report [{i}/{len(figures)}] {fig.id} ({fig.kind.name}): {len(fig.keys) - cached} results to "
-                      f"compute, {cached} cached")
+            label = f"report [{i}/{len(figures)}] {fig.id}"
+            bar.write(f"{label} ({fig.kind.name}): {len(fig.keys) - cached} results to compute, {cached} cached")
+            ctx.say = lambda line, label=label: bar.write(f"{label}: {line}")
             rec = render_figure(ctx, fig)
-            bar.write(f"report [{i}/{len(figures)}] {fig.id}: computed in {rec['seconds']['compute']} s, drawn in "
-                      f"{rec['seconds']['draw']} s")
+            bar.write(f"{label}: computed in {rec['seconds']['compute']} s, drawn in {rec['seconds']['draw']} s")
             records.append(rec)
             bar.update(1)
     return records
@@ -1055,7 +1057,9 @@ def _figure_html(rec: dict, plot: dict) -> str:
         if f.endswith(".png"):
             parts.append(f'<img src="{html.escape(f)}" alt="{title}" loading="lazy">')
         elif f.endswith(".html"):
-            size = f' style="height: {plot["height"] + 16}px" scrolling="no"' if plot.get("height") else ""
+            style = (f"height: {plot['height']}px;" if plot.get("height") else "") + \
+                (f" min-width: {plot['width']}px;" if plot.get("width") else "")
+            size = f' style="{style.strip()}" scrolling="no"' if plot.get("height") else ""
             parts.append(f'<iframe src="{html.escape(f)}" title="{title}"{size}></iframe>')
     own = len(rec.get("plots", [])) > 1 and plot.get("caption")
     caption = f'<figcaption>{html.escape(plot["caption"])}</figcaption>' if own else ""
@@ -1083,7 +1087,7 @@ drawn in {rec['seconds']['draw']} s</p>
 body {{ font-family: sans-serif; max-width: 1400px; margin: 2em auto; color: #222; }}
 section {{ border-top: 1px solid #ccc; padding: 1em 0; }}
 figure {{ margin: 0.5em 0; }}
-.figs img {{ max-width: 100%; }}
+.figs {{ overflow-x: auto; }} .figs img {{ max-width: 100%; }}
 .figs iframe {{ width: 100%; height: 640px; border: 0; }}
 .caption, figcaption {{ font-size: 0.95em; }} .meta {{ font-size: 0.8em; color: #666; }}
 </style></head><body>
