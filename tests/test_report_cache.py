@@ -101,7 +101,7 @@ def _describe(obj):
     if isinstance(obj, ls.Directions):
         return ("directions", array_digest(obj.vectors))
     if isinstance(obj, torch.nn.Module):
-        return ("module", tuple(array_digest(p.detach().numpy()) for p in obj.state_dict().values()))
+        return ("module", tuple(array_digest(p.detach().cpu().numpy()) for p in obj.state_dict().values()))
     if isinstance(obj, np.ndarray):
         return ("array", array_digest(obj))
     if isinstance(obj, (list, tuple)):
@@ -227,6 +227,12 @@ def test_an_algorithm_change_is_never_served_from_the_cache(tmp_path, monkeypatc
     assert [c["cached"] for c in first["figures"][0]["cache"]] == [False]
     assert [c["cached"] for c in build_report(spec, out_root=tmp_path / "out", quiet=True, root=ROOT)
             ["figures"][0]["cache"]] == [True]
+    (cached,) = (tmp_path / "out" / "flow" / ".cache").glob("surface-*.npz")
+    cached.write_bytes(cached.read_bytes()[:100])  # a damaged cache file is computed again, not a failure
+    with pytest.warns(UserWarning, match="could not be read"):
+        again = build_report(spec, out_root=tmp_path / "out", quiet=True, root=ROOT)
+    assert [c["cached"] for c in again["figures"][0]["cache"]] == [False]
+    assert ls.Result.load(cached).loss.shape == (3, 3)
     contour = KINDS["contour"]  # the surface computation changed: its step's version is bumped
     monkeypatch.setattr(contour, "steps", tuple(dataclasses.replace(s, version=s.version + 1) for s in contour.steps))
     third = build_report(spec, out_root=tmp_path / "out", quiet=True, root=ROOT)
