@@ -38,9 +38,10 @@ SURFACE = Step("surface", {"grid": "grid", "range": "range", "subset": "subset"}
 FEATURES = Step("features", {"split": "split", "layer": "layer"}, seed=False)
 
 
-def _axis(p: dict, key: str = "grid") -> tuple[float, float, int]:
+def _axis(p: dict) -> tuple[float, float, int]:
+    """``(lo, hi, n)`` of a square plane from a step's ``range`` and ``grid``."""
     lo, hi = p["range"]
-    return (lo, hi, p[key])
+    return (lo, hi, p["grid"])
 
 
 def _surface(ctx: Context, fig: Figure, m: str) -> ls.Result:
