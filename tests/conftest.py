@@ -90,5 +90,5 @@ def default_report(tmp_path_factory):
     from viz.report import build_report
 
     out_root = tmp_path_factory.mktemp("reports")
-    report = build_report(ROOT / "reports" / "default.toml", out_root=out_root, quiet=True, root=ROOT)
+    report = build_report(ROOT / "reports" / "default.toml", out_root=out_root, quiet=True)
     return {"out": out_root / report["name"], "report": report}

@@ -85,14 +85,19 @@ def test_index_and_every_figure_load(driver, served_report):
     assert (n_img, n_frames) == (expected_png, expected_html)
     sections = driver.execute_script("return document.querySelectorAll('section').length")
     assert sections == len(report["figures"])
-    # every interactive figure: plotly loaded from the file itself and drew its SVG/WebGL
+    # every interactive figure: plotly loaded from the file itself and drew its SVG/WebGL, and the
+    # frame is tall enough for the whole figure (legend included): nothing to scroll, nothing cut
     for i in range(n_frames):
         frame = driver.find_elements("css selector", "iframe")[i]
+        driver.execute_script("arguments[0].scrollIntoView()", frame)
         driver.switch_to.frame(frame)
         WebDriverWait(driver, 60).until(lambda d: d.execute_script(
             "return typeof window.Plotly !== 'undefined' && document.querySelector('.plotly-graph-div') !== null"
             " && document.querySelector('.main-svg') !== null"))
+        overflow = driver.execute_script("const e = document.scrollingElement; "
+                                         "return [e.scrollHeight - e.clientHeight, e.scrollWidth - e.clientWidth]")
         driver.switch_to.default_content()
+        assert max(overflow) <= 1, f"iframe {frame.get_attribute('src')} scrolls by {overflow} px"
     assert not _errors(driver), _errors(driver)
 
 

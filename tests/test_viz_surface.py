@@ -43,8 +43,9 @@ def test_contour_values_are_the_masked_surface_and_levels_span_it():
     expect = surf.loss.copy()
     expect[~np.isfinite(expect)] = np.nan
     np.testing.assert_array_equal(v["loss"], expect)
-    finite = surf.loss[np.isfinite(surf.loss)]
-    np.testing.assert_allclose(v["levels"], np.linspace(finite.min(), finite.max(), 7))
+    finite = surf.loss[np.isfinite(surf.loss)]  # 1.0 .. 2.5 (the hand-made surface's finite range)
+    assert finite.min() == 1.0 and finite.max() == 2.5
+    np.testing.assert_allclose(v["levels"], [1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5])  # step 0.25 (7 levels at most 8)
     assert v["centre"] == [0.0, 0.0]
     assert plot.kind == "contour" and "toy0" in plot.caption and "5 x 3 grid" in plot.caption
     assert not plot.interactive
@@ -59,10 +60,39 @@ def test_non_square_contour_keeps_orientation():
     np.testing.assert_allclose(cs_values[1], 1.0 + surf.x ** 2 + 2.0 * surf.y[1] ** 2)
 
 
-def test_log_levels_are_geometric():
+def _is_round_step(step: float) -> bool:
+    mantissa = step / 10.0 ** np.floor(np.log10(step))
+    return any(np.isclose(mantissa, m, rtol=1e-9) for m in (1.0, 2.0, 2.5, 5.0, 10.0))
+
+
+@pytest.mark.parametrize("lo,hi,n", [(0.0642, 6.1, 20), (1.0, 2.5, 7), (-3e-5, 7e-5, 7), (0.31, 0.32, 5),
+                                     (-40.0, 205.6, 12), (1e3, 1e3 + 1e-3, 10), (5.0, 5.0, 20)])
+def test_linear_levels_are_round_numbers_covering_the_values(lo, hi, n):
+    levels = vs.levels_for([np.array([[lo, hi], [np.nan, np.inf]])], n)
+    steps = np.diff(levels)
+    assert len(levels) >= 2 and len(levels) <= n + 1
+    np.testing.assert_allclose(steps, steps[0], rtol=1e-6)  # equally spaced (up to the floats near 1000)
+    assert _is_round_step(steps[0]), steps[0]
+    np.testing.assert_allclose(levels / steps[0], np.round(levels / steps[0]), atol=1e-6)  # multiples of the step
+    assert levels[0] <= lo and levels[-1] >= hi  # every value lies between two levels
+    if hi > lo:
+        assert levels[0] > lo - steps[0] and levels[-1] < hi + steps[0]  # and no level is wasted beyond them
+    else:
+        assert levels[0] < lo < levels[-1]  # a flat surface still gets distinct levels around it
+
+
+@pytest.mark.parametrize("lo,hi,n", [(0.0642, 6.1, 20), (0.0642, 6.1, 8), (2e-3, 4e3, 9), (1e-8, 1e9, 5)])
+def test_log_levels_are_round_numbers_per_decade(lo, hi, n):
+    levels = vs.levels_for([np.array([lo, hi, 0.0, -1.0])], n, log=True)  # non-positive values are left out
+    mantissa = levels / 10.0 ** np.floor(np.log10(levels) + 1e-9)
+    assert all(any(np.isclose(m, k) for k in range(1, 10)) for m in mantissa), levels
+    assert 2 <= len(levels) <= n + 1 and np.all(np.diff(levels) > 0)
+    assert levels[0] <= lo and levels[-1] >= hi
+
+
+def test_log_contourf_uses_the_log_levels():
     plot = vs.contourf(make_surface(), log=True, n_levels=5)
-    lv = plot.values["levels"]
-    np.testing.assert_allclose(lv[1:] / lv[:-1], np.full(4, lv[1] / lv[0]))
+    np.testing.assert_allclose(plot.values["levels"], [1.0, 2.0, 3.0])  # 1-2-3 of one decade: 1.0 .. 2.5
     assert plot.kind == "contourf"
 
 
@@ -108,10 +138,9 @@ def test_curve_draws_loss_and_accuracy_on_twin_axes():
 
 
 def test_compare_uses_shared_levels():
-    a, b = make_surface(seed=0), make_surface(seed=3)
+    a, b = make_surface(seed=0), make_surface(seed=3)  # finite ranges 1.0 .. 2.5 and 4.0 .. 5.5
     plot = vs.compare([a, b], titles=["CE", "MAM"], n_levels=9)
-    finite = np.concatenate([s.loss[np.isfinite(s.loss)] for s in (a, b)])
-    np.testing.assert_allclose(plot.values["levels"], np.linspace(finite.min(), finite.max(), 9))
+    np.testing.assert_allclose(plot.values["levels"], np.arange(1.0, 5.51, 0.5))  # one round scale for both
     assert [p["title"] for p in plot.values["panels"]] == ["CE", "MAM"]
     assert len(plot.fig.axes) == 2
     # the same levels on both panels: each axis's contour set carries them
@@ -189,3 +218,102 @@ def test_cli_bad_arguments_exit_2_with_one_line(zoo_path, tmp_path, capsys, args
     assert main(["surface", str(zoo_path("mlp-ce")), "--out", str(tmp_path), "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _overlaps(fig, legend) -> list:
+    """The axes whose drawing area the legend's box intersects (after the figure is drawn)."""
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    return [ax for ax in fig.axes if box.overlaps(ax.get_window_extent())]
+
+
+def _line(t, loss, acc, name="toy", ce=None) -> Curve:
+    return Curve(np.asarray(t, float), np.asarray(loss, float), np.asarray(acc, float), ce,
+                 meta={"checkpoint": name, "criterion": "ce", "data": "digits/test", "n_samples": 9,
+                       "directions": {"meta": {"kind": "random", "norm": "filter", "ignore": "biasbn", "seed": 0}}})
+
+
+def test_curves_of_several_models_share_one_figure_and_x_range():
+    a = _line(np.linspace(-1, 1, 5), [2.0, 1.0, 0.5, 1.0, np.inf], [0.5, 0.8, 0.9, 0.8, 0.1], "mlp-ce")
+    b = _line(np.linspace(-0.5, 1.5, 3), [3.0, 0.7, 4.0], [0.4, 0.9, 0.2], "mlp-mam", ce=np.array([2.5, 0.6, 3.5]))
+    plot = vs.curves({"ce": a, "mam": b})
+    v = plot.values
+    assert v["t_range"] == [-1.0, 1.5] and [c["title"] for c in v["curves"]] == ["ce", "mam"]
+    np.testing.assert_array_equal(v["curves"][0]["loss"], [2.0, 1.0, 0.5, 1.0, np.nan])  # diverged: masked
+    np.testing.assert_array_equal(v["curves"][1]["ce_loss"], [2.5, 0.6, 3.5])
+    loss_ax, acc_ax = plot.fig.axes
+    assert loss_ax.get_xlim() == acc_ax.get_xlim() == (-1.0, 1.5)  # shared x range
+    # the lines drawn are the plotted values: loss, CE dashed, accuracy in the same colour per model
+    drawn = {ln.get_label(): ln for ln in loss_ax.lines}
+    np.testing.assert_array_equal(drawn["mam: loss (ce)"].get_ydata(), [3.0, 0.7, 4.0])
+    assert drawn["mam: CE"].get_linestyle() == "--"
+    acc_lines = {ln.get_label(): ln for ln in acc_ax.lines}
+    np.testing.assert_array_equal(acc_lines["ce: accuracy"].get_ydata(), [0.5, 0.8, 0.9, 0.8, 0.1])
+    assert acc_lines["ce: accuracy"].get_color() == drawn["ce: loss (ce)"].get_color()
+    assert drawn["ce: loss (ce)"].get_color() != drawn["mam: loss (ce)"].get_color()
+    (legend,) = plot.fig.legends
+    assert {t.get_text() for t in legend.get_texts()} == {"ce: loss (ce)", "mam: loss (ce)", "mam: CE"}
+    assert not _overlaps(plot.fig, legend), "the legend covers a panel"
+    assert "ce: " in plot.caption and "mlp-ce" in plot.caption and "mlp-mam" in plot.caption
+
+
+def test_single_curve_legend_stays_off_the_data():
+    plot = vs.curve(_line(np.linspace(-1, 1, 5), [2.0, 1.0, 0.5, 1.0, 2.0], [0.5, 0.8, 0.9, 0.8, 0.1],
+                          ce=np.array([1.0, 0.5, 0.2, 0.5, 1.0])))
+    (legend,) = plot.fig.legends
+    assert len(legend.get_texts()) == 3 and not _overlaps(plot.fig, legend)
+
+
+def test_trajectory_axes_are_principal_components_with_their_variance(zoo_path, digits_test):
+    """Li et al. label the PCA plane of a trajectory PC1/PC2 with explained variance; the shares are checked
+    against numpy's SVD of the centred parameter differences."""
+    import landscape as ls
+    from landscape.directions import flat_parameters
+    from landscape.surface import surface
+
+    snaps = sorted((zoo_path("mlp-ce").parent / "snapshots" / "mlp-ce").glob("*.safetensors"))[::8]
+    models = [ls.load_checkpoint(p, device="cpu").model for p in snaps] + [ls.load_checkpoint(zoo_path("mlp-ce"),
+                                                                                                device="cpu").model]
+    dirs = ls.trajectory_directions(models, n=2)
+    diffs = np.stack([flat_parameters(m) - flat_parameters(models[-1]) for m in models]).astype(np.float64)
+    sv = np.linalg.svd(diffs - diffs.mean(axis=0), compute_uv=False)
+    share = sv ** 2 / np.sum(sv ** 2)
+    np.testing.assert_allclose(dirs.meta["explained_variance_ratio"], share[:2], rtol=1e-4)
+    surf = surface(zoo_path("mlp-ce"), digits_test.subset(30, seed=0), dirs, x=(-1, 1, 3), y=(-1, 1, 3),
+                   verbose=False)
+    plot = vs.trajectory(surf, dirs.coords)
+    ax = plot.fig.axes[0]
+    assert ax.get_xlabel() == f"PC1 ({100 * share[0]:.1f}% of variance)"
+    assert ax.get_ylabel() == f"PC2 ({100 * share[1]:.1f}% of variance)"
+    np.testing.assert_array_equal(plot.values["path"], dirs.coords)
+    assert vs.contour(make_surface()).fig.axes[0].get_xlabel() == "direction 1 (a)"  # random planes stay as they were
+
+
+def test_save_closes_on_request_and_never_replaces_an_input(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from landscape.errors import OutputError
+
+    plot = vs.contour(make_surface())
+    victim = tmp_path / "c.json"
+    victim.write_text("an input")
+    with pytest.raises(OutputError, match="is also an input"):
+        plot.save(tmp_path / "c", inputs=[victim])
+    assert victim.read_text() == "an input" and not (tmp_path / "c.png").exists()
+    assert plot.fig.number in plt.get_fignums()
+    written = plot.save(tmp_path / "d", close=True)
+    assert [p.name for p in written] == ["d.png", "d.json"] and plot.fig.number not in plt.get_fignums()
+    assert plot.png()[:8] == b"\x89PNG\r\n\x1a\n"  # a closed figure still renders (a notebook shows it)
+
+
+def test_viz_names_are_an_explicit_map():
+    import importlib
+
+    for module in set(viz._NAMES.values()):
+        mod = importlib.import_module(f"viz.{module}")
+        for name in getattr(mod, "__all__", []):
+            assert viz._NAMES.get(name) == module, f"viz.{module}.{name} is not in viz._NAMES"
+    for name, module in viz._NAMES.items():
+        assert getattr(viz, name) is getattr(importlib.import_module(f"viz.{module}"), name)
+    with pytest.raises(AttributeError, match="no attribute 'levels'"):
+        viz.levels

@@ -1,180 +1,204 @@
-"""Figure kinds of the report builder: what each computes (through ``landscape``) and how it draws.
+"""Figure kinds of the report builder: their options, their cached computations, and how they compute and draw.
 
-Each kind is a ``compute(ctx, opts) -> {key: Result}`` and a ``draw(results, opts, ctx)
--> {suffix: Plot}`` pair registered with :func:`viz.report.kind`. Compute options change
-numbers and are part of the cache key; style options only change the drawing.
+Each kind is registered with :func:`viz.report.kind`: a table of declared options
+(:class:`viz.report.Option`: type, range or choices, default, compute or style), the
+:class:`viz.report.Step` s whose results it caches (a step's cache key is derived from the
+options it declares), and a ``compute(ctx, fig) -> {key: Result}`` / ``draw(results, fig) ->
+{suffix: Plot}`` pair. A computation reads its options only from the parameters
+:meth:`viz.report.Context.cached` hands it, so that its key covers everything it depends on
+(tests/test_report_cache.py checks this for every option of every kind).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 import landscape as ls
-from landscape.directions import random_directions
+from landscape.embedding import PROJECTIONS
+from landscape.gradcam import METHODS
 
 from .embedding import embedding_grid, hypersphere_grid, stats_table
 from .gradcam import gradcam_compare, gradcam_grid
 from .hessian import eigen_ratio, spectral_density
 from .phenotype import phenotype_curves, phenotype_difference, phenotype_surface
-from .report import ITERATIVE, Context, kind
-from .surface import compare, curve, surface3d, trajectory
+from .report import (ITERATIVE, Context, Figure, Step, choice, flag, folder, integer, interval, kind, layer,
+                     loss_spec, loss_specs, number, text)
+from .surface import compare, curves, levels_for, surface3d, trajectory
+
+# -- shared options and steps ---------------------------------------------------------------
+GRID_MAX = 1001  # points per axis of a surface: a million evaluations
+RANGE = interval([-1.0, 1.0], help="coordinates [low, high] on both directions")
+SUBSET = integer(None, 1, optional=True, help="a seeded random subset of this many test samples")
+LOG = flag(False, style=True, help="logarithmic loss scale")
+N_LEVELS = integer(20, 2, 100, style=True, help="at most this many round contour levels")
+SPLIT = choice("test", ("train", "test"), help="data split of the features")
+
+SURFACE = Step("surface", {"grid": "grid", "range": "range", "subset": "subset"})
+FEATURES = Step("features", {"split": "split", "layer": "layer"}, seed=False)
 
 
-def _grid(opts: dict, key: str = "grid") -> tuple:
-    lo, hi = opts["range"]
-    return (float(lo), float(hi), int(opts[key]))
+def _axis(p: dict) -> tuple[float, float, int]:
+    """``(lo, hi, n)`` of a square plane from a step's ``range`` and ``grid``."""
+    lo, hi = p["range"]
+    return (lo, hi, p["grid"])
 
 
-def _surface(ctx: Context, name: str, opts: dict, grid_key: str = "grid") -> ls.Result:
-    """The loss surface of model ``name`` on the spec's data (cached by digest, data, seed and grid)."""
-    ck = ctx.checkpoint(name)
-    g = _grid(opts, grid_key)
-    inputs = {"ck": ck.digest, "data": ctx.data_spec, "seed": ctx.seed, "grid": g, "subset": opts.get("subset")}
+def _surface(ctx: Context, fig: Figure, m: str) -> ls.Result:
+    """The loss surface of model ``m`` on a filter-normalised random plane (the spec's seed)."""
+    ck = ctx.checkpoint(m)
 
-    def compute():
-        dirs = random_directions(ck.model, n=2, seed=ctx.seed)
-        return ls.surface(ck, ctx.data("test"), dirs, x=g, y=g, subset=opts.get("subset"), seed=ctx.seed,
-                          progress=not ctx.quiet and None)
+    def compute(p):
+        dirs = ls.random_directions(ck.model, n=2, seed=ctx.seed)
+        return ls.surface(ck, ctx.data(fig), dirs, x=_axis(p), y=_axis(p), subset=p["subset"], seed=ctx.seed,
+                          verbose=ctx.verbose)
 
-    return ctx.cached("surface", inputs, compute)
+    return ctx.cached(fig, "surface", m, compute)
 
 
 # -- loss landscapes ------------------------------------------------------------------------
-def _contour_compute(ctx, opts):
-    return {m: _surface(ctx, m, opts) for m in opts["models"]}
+def _contour_compute(ctx, fig):
+    return {m: _surface(ctx, fig, m) for m in fig.models}
 
 
-def _contour_draw(results, opts, ctx):
-    names = list(results)
-    return {"": compare([results[m] for m in names], titles=names, log=opts["log"], n_levels=opts["n_levels"],
-                        filled=opts["filled"])}
+def _contour_draw(results, fig):
+    o = fig.opts
+    return {"": compare([results[m] for m in fig.models], titles=fig.models, log=o["log"], n_levels=o["n_levels"],
+                        filled=o["filled"])}
 
 
 kind("contour", "Loss contours around the trained weights (filter-normalised random plane); filled = heat map",
-     {"grid": 31, "range": [-1.0, 1.0], "subset": None},
-     {"log": False, "n_levels": 20, "filled": False})((_contour_compute, _contour_draw))
+     {"grid": integer(31, 2, GRID_MAX, help="points per axis"), "range": RANGE, "subset": SUBSET, "log": LOG,
+      "n_levels": N_LEVELS, "filled": flag(False, style=True, help="filled contours (heat map)")},
+     [SURFACE])((_contour_compute, _contour_draw))
 
 
-def _surface3d_draw(results, opts, ctx):
-    name = next(iter(results))
-    surf = results[name]
-    return {"": surface3d(surf, interactive=True, log=opts["log"]),
-            "static": surface3d(surf, interactive=False, log=opts["log"])}
+def _surface3d_draw(results, fig):
+    surf = results[fig.models[0]]
+    return {"": surface3d(surf, interactive=True, log=fig.opts["log"]),
+            "static": surface3d(surf, interactive=False, log=fig.opts["log"])}
 
 
-kind("surface3d", "3D loss surface (interactive and static)", {"grid": 31, "range": [-1.0, 1.0], "subset": None},
-     {"log": False})((_contour_compute, _surface3d_draw))
+kind("surface3d", "3D loss surface (interactive and static)",
+     {"grid": integer(31, 2, GRID_MAX, help="points per axis"), "range": RANGE, "subset": SUBSET, "log": LOG},
+     [SURFACE], max_models=1)((_contour_compute, _surface3d_draw))
 
 
-def _interp_compute(ctx, opts):
-    out = {}
-    for m in opts["models"]:
-        ck = ctx.checkpoint(m)
-        lo, hi = opts["range"]
-        inputs = {"ck": ck.digest, "data": ctx.data_spec, "seed": ctx.seed, "steps": opts["steps"], "range": [lo, hi]}
-        out[m] = ctx.cached("curve", inputs, lambda ck=ck, lo=lo, hi=hi: ls.interpolate(
-            ck, None, ctx.data("test"), steps=int(opts["steps"]), t=np.linspace(lo, hi, int(opts["steps"])),
-            seed=ctx.seed, progress=False))
-    return out
+def _interp_compute(ctx, fig):
+    def compute(ck):
+        def run(p):
+            lo, hi = p["range"]
+            return ls.interpolate(ck, None, ctx.data(fig), steps=p["steps"], t=np.linspace(lo, hi, p["steps"]),
+                                  seed=ctx.seed, verbose=ctx.verbose)
+        return run
+
+    return {m: ctx.cached(fig, "curve", m, compute(ctx.checkpoint(m))) for m in fig.models}
 
 
-def _interp_draw(results, opts, ctx):
-    return {m: curve(c, log=opts["log"], title=f"{m}: 1D interpolation") for m, c in results.items()}
+def _interp_draw(results, fig):
+    return {"": curves({m: results[m] for m in fig.models}, log=fig.opts["log"],
+                       title="1D loss along a filter-normalised random direction: " + ", ".join(fig.models))}
 
 
-kind("interpolation", "1D loss and accuracy along a filter-normalised random direction",
-     {"steps": 51, "range": [-1.0, 1.0]}, {"log": False})((_interp_compute, _interp_draw))
+kind("interpolation", "1D loss and accuracy along a filter-normalised random direction, the models overlaid",
+     {"steps": integer(51, 2, 10001, help="points on the line"), "range": RANGE, "log": LOG},
+     [Step("curve", {"steps": "steps", "range": "range"})])((_interp_compute, _interp_draw))
 
 
-def _trajectory_compute(ctx, opts):
-    """PCA directions of the snapshots in ``opts["snapshots"]`` and the surface over the path's extent."""
-    from landscape.directions import trajectory_directions
+def _trajectory_compute(ctx, fig):
+    """PCA directions of the snapshots and the surface over the path's extent (the path ends at the model)."""
+    m = fig.models[0]
+    ck = ctx.checkpoint(m)
 
-    name = opts["models"][0]
-    ck = ctx.checkpoint(name)
-    folder = ctx.root / opts["snapshots"]
-    paths = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt"))
-    if len(paths) < 2:
-        from landscape.errors import SpecError
+    def directions(p):
+        snaps = ctx.snapshots[str(ctx.path(p["snapshots"]))]
+        path = [s for s in snaps if s.digest != ck.digest] + [ck]
+        return ls.trajectory_directions([s.model for s in path], n=2)
 
-        raise SpecError(f"trajectory: {opts['snapshots']} holds {len(paths)} snapshots; it needs at least 2.")
-    snaps = [ls.load_checkpoint(p, device="cpu", trust_code=ctx.trust_code) for p in paths]
-    path = [s for s in snaps if s.digest != ck.digest] + [ck]  # the path ends at the centre
-    base = {"ck": ck.digest, "snapshots": [s.digest for s in path]}
-    dirs = ctx.cached("trajectory-dirs", base, lambda: trajectory_directions([s.model for s in path], n=2))
-    lo, hi = dirs.coords.min(axis=0), dirs.coords.max(axis=0)
-    pad = float(opts["pad"]) * (hi - lo)
-    g = int(opts["grid"])
-    xr, yr = (float(lo[0] - pad[0]), float(hi[0] + pad[0]), g), (float(lo[1] - pad[1]), float(hi[1] + pad[1]), g)
-    surf = ctx.cached("trajectory-surface", {**base, "data": ctx.data_spec, "grid": g, "pad": opts["pad"]},
-                      lambda: ls.surface(ck, ctx.data("test"), dirs, x=xr, y=yr, progress=not ctx.quiet and None))
-    return {"dirs": dirs, "surface": surf}
+    dirs = ctx.cached(fig, "trajectory-dirs", m, directions)
+
+    def surface(p):
+        lo, hi = dirs.coords.min(axis=0), dirs.coords.max(axis=0)
+        pad = p["pad"] * (hi - lo)
+        xr = (float(lo[0] - pad[0]), float(hi[0] + pad[0]), p["grid"])
+        yr = (float(lo[1] - pad[1]), float(hi[1] + pad[1]), p["grid"])
+        return ls.surface(ck, ctx.data(fig), dirs, x=xr, y=yr, verbose=ctx.verbose)
+
+    return {"dirs": dirs, "surface": ctx.cached(fig, "trajectory-surface", m, surface)}
 
 
-def _trajectory_draw(results, opts, ctx):
-    return {"": trajectory(results["surface"], results["dirs"].coords, log=opts["log"], n_levels=opts["n_levels"])}
+def _trajectory_draw(results, fig):
+    return {"": trajectory(results["surface"], results["dirs"].coords, log=fig.opts["log"],
+                           n_levels=fig.opts["n_levels"])}
 
 
 kind("trajectory", "Training trajectory projected on its PCA directions, over the loss surface of that plane",
-     {"snapshots": "trained_models/snapshots/mlp-ce", "grid": 31, "pad": 0.2},
-     {"log": False, "n_levels": 20})((_trajectory_compute, _trajectory_draw))
+     {"snapshots": folder("trained_models/snapshots/mlp-ce", help="folder of the training run's snapshots"),
+      "grid": integer(31, 2, GRID_MAX, help="points per axis"),
+      "pad": number(0.2, 0.0, 10.0, help="margin around the path, as a fraction of its extent"),
+      "log": LOG, "n_levels": N_LEVELS},
+     [Step("trajectory-dirs", {"snapshots": "snapshots"}, data=False, seed=False),
+      Step("trajectory-surface", {"grid": "grid", "pad": "pad"}, seed=False, after=("trajectory-dirs",))],
+     max_models=1)((_trajectory_compute, _trajectory_draw))
 
 
 # -- Hessian ------------------------------------------------------------------------------
-def _eigen_compute(ctx, opts):
+def _eigen_compute(ctx, fig):
     out = {}
-    for m in opts["models"]:
+    for m in fig.models:
         ck = ctx.checkpoint(m)
-        g = _grid(opts)
-        inputs = {"ck": ck.digest, "data": ctx.data_spec, "seed": ctx.seed, "grid": g, "subset": opts["subset"],
-                  "tol": opts["tol"]}
 
-        def compute(ck=ck, g=g):
-            dirs = random_directions(ck.model, n=2, seed=ctx.seed)
-            return ls.eigen_ratio_map(ck, ctx.data("test"), dirs, x=g, y=g, subset=opts["subset"], seed=ctx.seed,
-                                      tol=opts["tol"], progress=not ctx.quiet and None)
+        def compute(p, ck=ck):
+            dirs = ls.random_directions(ck.model, n=2, seed=ctx.seed)
+            return ls.eigen_ratio_map(ck, ctx.data(fig), dirs, x=_axis(p), y=_axis(p), subset=p["subset"],
+                                      seed=ctx.seed, tol=p["tol"], verbose=ctx.verbose)
 
-        out[f"{m}/eigen"] = ctx.cached("eigenmap", inputs, compute)
-        out[f"{m}/surface"] = _surface(ctx, m, {**opts, "grid": opts["contour_grid"]})
+        out[f"{m}/eigen"] = ctx.cached(fig, "eigenmap", m, compute)
+        out[f"{m}/surface"] = _surface(ctx, fig, m)
     return out
 
 
-def _eigen_draw(results, opts, ctx):
-    plots = {}
-    for m in opts["models"]:
-        plots[m] = eigen_ratio(results[f"{m}/eigen"], results[f"{m}/surface"], title=f"{m}: Hessian eigenvalue ratio")
-    return plots
+def _eigen_draw(results, fig):
+    # the models' loss contours are compared side by side: one set of round levels for all of them
+    levels = levels_for([results[f"{m}/surface"].loss for m in fig.models])
+    return {m: eigen_ratio(results[f"{m}/eigen"], results[f"{m}/surface"], levels=levels,
+                           title=f"{m}: Hessian eigenvalue ratio") for m in fig.models}
 
 
 kind("eigen_ratio", "Hessian eigenvalue-ratio |lambda_min/lambda_max| maps beside the loss contour",
-     {"grid": 11, "range": [-1.0, 1.0], "subset": None, "tol": 1e-3, "contour_grid": 31}, {}, tolerance=ITERATIVE)(
-    (_eigen_compute, _eigen_draw))
+     {"grid": integer(11, 2, 201, help="points per axis of the eigenvalue map"), "range": RANGE, "subset": SUBSET,
+      "tol": number(1e-3, 0.0, 0.5, open_min=True, help="Lanczos residual relative to the spectral radius"),
+      "contour_grid": integer(31, 2, GRID_MAX, help="points per axis of the loss contour")},
+     [Step("eigenmap", {"grid": "grid", "range": "range", "subset": "subset", "tol": "tol"}),
+      dataclasses.replace(SURFACE, options={"grid": "contour_grid", "range": "range", "subset": "subset"})],
+     tolerance=ITERATIVE)((_eigen_compute, _eigen_draw))
 
 
-def _density_compute(ctx, opts):
-    out = {}
-    for m in opts["models"]:
-        ck = ctx.checkpoint(m)
-        inputs = {"ck": ck.digest, "data": ctx.data_spec, "seed": ctx.seed, "probes": opts["probes"],
-                  "steps": opts["steps"], "subset": opts["subset"]}
-        out[m] = ctx.cached("density", inputs, lambda ck=ck: ls.spectral_density(
-            ck, ctx.data("test"), n_probes=int(opts["probes"]), steps=int(opts["steps"]), seed=ctx.seed,
-            subset=opts["subset"]))
-    return out
+def _density_compute(ctx, fig):
+    def compute(ck):
+        return lambda p: ls.spectral_density(ck, ctx.data(fig), n_probes=p["probes"], steps=p["steps"],
+                                             seed=ctx.seed, subset=p["subset"])
+
+    return {m: ctx.cached(fig, "density", m, compute(ctx.checkpoint(m))) for m in fig.models}
 
 
-def _density_draw(results, opts, ctx):
-    return {m: spectral_density(d, log=opts["log"], title=f"{m}: Hessian spectrum") for m, d in results.items()}
+def _density_draw(results, fig):
+    return {m: spectral_density(results[m], log=fig.opts["log"], title=f"{m}: Hessian spectrum") for m in fig.models}
 
 
 kind("spectral_density", "Hessian spectral density (stochastic Lanczos quadrature)",
-     {"probes": 4, "steps": 60, "subset": None}, {"log": True}, tolerance=ITERATIVE)((_density_compute, _density_draw))
+     {"probes": integer(4, 1, 1000, help="Gaussian probe vectors"),
+      "steps": integer(60, 2, 1000, help="Lanczos steps per probe"), "subset": SUBSET,
+      "log": flag(True, style=True, help="logarithmic density axis")},
+     [Step("density", {"probes": "probes", "steps": "steps", "subset": "subset"})],
+     tolerance=ITERATIVE)((_density_compute, _density_draw))
 
 
 # -- feature geometry ---------------------------------------------------------------------
-def _features(ctx, m, opts):
+def _features(ctx, fig, m):
     ck = ctx.checkpoint(m)
-    inputs = {"ck": ck.digest, "data": ctx.data_spec, "split": opts["split"], "layer": opts["layer"]}
-    return ctx.cached("features", inputs, lambda: ls.extract_features(ck, ctx.data(opts["split"]), layer=opts["layer"]))
+    return ctx.cached(fig, "features", m, lambda p: ls.extract_features(ck, ctx.data(fig, p["split"]),
+                                                                       layer=p["layer"]))
 
 
 # t-SNE is chaotic: last-bit differences of the features between CPUs move points by whole units
@@ -185,124 +209,144 @@ TSNE_TOLERANCE = {"rtol": 1e-4, "atol": 1e-6, "paths": {"panels.*.x": None, "pan
                                                          "panels.*.trustworthiness": {"atol": 0.004}}}
 
 
-def _tsne_compute(ctx, opts):
+def _tsne_compute(ctx, fig):
     out = {}
-    for m in opts["models"]:
-        feat = _features(ctx, m, opts)
-        inputs = {"ck": ctx.checkpoint(m).digest, "data": ctx.data_spec, "split": opts["split"],
-                  "layer": opts["layer"], "seed": ctx.seed, "perplexity": opts["perplexity"]}
-        out[m] = ctx.cached("tsne", inputs, lambda feat=feat: ls.tsne(feat, seed=ctx.seed,
-                                                                     perplexity=float(opts["perplexity"])))
+    for m in fig.models:
+        feat = _features(ctx, fig, m)
+        out[m] = ctx.cached(fig, "tsne", m, lambda p, feat=feat: ls.tsne(feat, seed=ctx.seed,
+                                                                        perplexity=p["perplexity"]))
         out[f"{m}/features"] = feat
     return out
 
 
-def _stats(results, opts):
+def _stats(results, fig):
     from landscape.embedding import compare_stats
 
-    return compare_stats({m: results[f"{m}/features"] for m in opts["models"]})
+    return compare_stats({m: results[f"{m}/features"] for m in fig.models})
 
 
-def _tsne_draw(results, opts, ctx):
-    table = _stats(results, opts)
-    return {"": embedding_grid({m: results[m] for m in opts["models"]}, table=table,
-                                    point_size=opts["point_size"])}
+def _tsne_draw(results, fig):
+    return {"": embedding_grid({m: results[m] for m in fig.models}, table=_stats(results, fig),
+                               point_size=fig.opts["point_size"])}
 
+
+FEATURE_OPTIONS = {"split": SPLIT, "layer": layer(help="layer whose output is the feature (default: penultimate)")}
 
 kind("tsne", "t-SNE maps of the penultimate features, with quality and angular statistics",
-     {"split": "test", "layer": None, "perplexity": 30.0}, {"point_size": 8.0}, tolerance=TSNE_TOLERANCE)(
-    (_tsne_compute, _tsne_draw))
+     {**FEATURE_OPTIONS, "perplexity": number(30.0, 0.0, 1000.0, open_min=True, help="t-SNE perplexity"),
+      "point_size": number(8.0, 0.0, 100.0, open_min=True, style=True, help="marker area")},
+     [FEATURES, Step("tsne", {"perplexity": "perplexity"}, data=False, after=("features",))],
+     tolerance=TSNE_TOLERANCE)((_tsne_compute, _tsne_draw))
 
 
-def _sphere_compute(ctx, opts):
+def _sphere_compute(ctx, fig):
     out = {}
-    for m in opts["models"]:
-        feat = _features(ctx, m, opts)
+    for m in fig.models:
+        feat = _features(ctx, fig, m)
         out[f"{m}/features"] = feat
-        inputs = {"ck": ctx.checkpoint(m).digest, "data": ctx.data_spec, "split": opts["split"],
-                  "layer": opts["layer"], "dim": opts["dim"], "projection": opts["projection"], "seed": ctx.seed}
-        out[m] = ctx.cached("sphere", inputs, lambda feat=feat: ls.hypersphere(
-            feat, dim=int(opts["dim"]), projection=opts["projection"], seed=ctx.seed))
+        out[m] = ctx.cached(fig, "sphere", m, lambda p, feat=feat: ls.hypersphere(
+            feat, dim=p["dim"], projection=p["projection"], seed=ctx.seed))
     return out
 
 
-def _sphere_draw(results, opts, ctx):
-    spheres = {m: results[m] for m in opts["models"]}
+def _sphere_draw(results, fig):
+    spheres = {m: results[m] for m in fig.models}
     return {"": hypersphere_grid(spheres, interactive=False, table=True),
             "interactive": hypersphere_grid(spheres, interactive=True, table=False),
-            "stats": stats_table(_stats(results, opts))}
+            "stats": stats_table(_stats(results, fig))}
 
 
 kind("hypersphere", "Features on the unit sphere per class, with angular statistics",
-     {"split": "test", "layer": None, "dim": 3, "projection": "auto"}, {})((_sphere_compute, _sphere_draw))
+     {**FEATURE_OPTIONS, "dim": integer(3, 2, 3, help="circle (2) or sphere (3)"),
+      "projection": choice("auto", PROJECTIONS, help="how features reach dim dimensions")},
+     [FEATURES, Step("sphere", {"dim": "dim", "projection": "projection"}, data=False, after=("features",))])(
+    (_sphere_compute, _sphere_draw))
 
 
 # -- loss phenotypes ----------------------------------------------------------------------
-def _phenotype(ctx, loss, resolution):
-    return ctx.cached("phenotype", {"loss": loss, "resolution": resolution},
-                      lambda: ls.phenotype(loss, resolution=int(resolution)))
+RESOLUTION = integer(51, 2, 1001, help="points per axis of the (y, yh) grid")
+PHENOTYPE = Step("phenotype", {"loss": "loss", "resolution": "resolution"}, per=None, data=False, seed=False)
 
 
-def _curves_compute(ctx, opts):
-    return {loss: _phenotype(ctx, loss, opts["resolution"]) for loss in opts["losses"]}
+def _curves_compute(ctx, fig):
+    return {loss: ctx.cached(fig, "phenotype", loss, lambda p: ls.phenotype(p["loss"], resolution=p["resolution"]))
+            for loss in fig.opts["losses"]}
 
 
-def _curves_draw(results, opts, ctx):
-    return {"": phenotype_curves(list(results.values()), reference=opts["reference"], title=opts["title"] or None)}
+def _curves_draw(results, fig):
+    reference = None if fig.opts["reference"] == "none" else fig.opts["reference"]
+    return {"": phenotype_curves(list(results.values()), reference=reference, title=fig.opts["title"] or None)}
+
+
+def _check_reference(opts: dict) -> tuple[str, str] | None:
+    if opts["reference"] not in ("auto", "none", *opts["losses"]):
+        return "reference", (f"reference={opts['reference']!r} must be 'auto' (CE when listed), 'none' or one of "
+                             f"losses {opts['losses']}.")
+    return None
 
 
 kind("phenotype_curves", "Binary phenotypes (y = 1) of loss functions, raw and normalised",
-     {"losses": ["A2", "CE"], "resolution": 51}, {"reference": "auto", "title": ""},
-     uses_models=False)((_curves_compute, _curves_draw))
+     {"losses": loss_specs(["A2", "CE"], help="the losses drawn"), "resolution": RESOLUTION,
+      "reference": text("auto", style=True, help="loss drawn as the dashed reference: auto, none or a listed loss"),
+      "title": text("", style=True, help="figure title")},
+     [dataclasses.replace(PHENOTYPE, options={"resolution": "resolution"}, per="losses", item="loss")],
+     uses_models=False, check=_check_reference)((_curves_compute, _curves_draw))
 
 
-def _surface_ph_compute(ctx, opts):
-    return {"ph": _phenotype(ctx, opts["loss"], opts["resolution"])}
+def _surface_ph_compute(ctx, fig):
+    return {"ph": ctx.cached(fig, "phenotype", None, lambda p: ls.phenotype(p["loss"], resolution=p["resolution"]))}
 
 
-def _surface_ph_draw(results, opts, ctx):
+def _surface_ph_draw(results, fig):
     ph = results["ph"]
-    return {"": phenotype_surface(ph, interactive=True, normalized=opts["normalized"]),
-            "static": phenotype_surface(ph, interactive=False, normalized=opts["normalized"])}
+    return {"": phenotype_surface(ph, interactive=True, normalized=fig.opts["normalized"]),
+            "static": phenotype_surface(ph, interactive=False, normalized=fig.opts["normalized"])}
 
 
-kind("phenotype_surface", "3D phenotype of a loss over (y, yh)", {"loss": "A2", "resolution": 51},
-     {"normalized": False}, uses_models=False)((_surface_ph_compute, _surface_ph_draw))
+kind("phenotype_surface", "3D phenotype of a loss over (y, yh)",
+     {"loss": loss_spec("A2", help="the loss drawn"), "resolution": RESOLUTION,
+      "normalized": flag(False, style=True, help="min-max normalised height")},
+     [PHENOTYPE], uses_models=False)((_surface_ph_compute, _surface_ph_draw))
 
 
-def _diff_compute(ctx, opts):
-    key = {"a": opts["a"], "b": opts["b"], "resolution": opts["resolution"]}
-    return {"diff": ctx.cached("phenotype-diff", key, lambda: ls.phenotype_difference(
-        opts["a"], opts["b"], resolution=int(opts["resolution"])))}
+def _diff_compute(ctx, fig):
+    return {"diff": ctx.cached(fig, "phenotype-diff", None, lambda p: ls.phenotype_difference(
+        p["a"], p["b"], resolution=p["resolution"]))}
 
 
-def _diff_draw(results, opts, ctx):
+def _diff_draw(results, fig):
     return {"": phenotype_difference(results["diff"], interactive=False)}
 
 
 kind("phenotype_difference", "Difference of normalised phenotypes (seed 003 Fig. 8)",
-     {"a": "A2", "b": "CE", "resolution": 51}, {}, uses_models=False)((_diff_compute, _diff_draw))
+     {"a": loss_spec("A2", help="minuend loss"), "b": loss_spec("CE", help="subtrahend loss"),
+      "resolution": RESOLUTION},
+     [Step("phenotype-diff", {"a": "a", "b": "b", "resolution": "resolution"}, per=None, data=False, seed=False)],
+     uses_models=False)((_diff_compute, _diff_draw))
 
 
 # -- Grad-CAM -----------------------------------------------------------------------------
-def _cam_compute(ctx, opts):
-    data = ctx.data("test").subset(int(opts["images"]), seed=ctx.seed)
-    out = {}
-    for m in opts["models"]:
-        ck = ctx.checkpoint(m)
-        inputs = {"ck": ck.digest, "data": ctx.data_spec, "images": opts["images"], "seed": ctx.seed,
-                  "method": opts["method"], "layer": opts["layer"]}
-        out[m] = ctx.cached("cam", inputs, lambda ck=ck: ls.gradcam(ck, data, target_layer=opts["layer"],
-                                                                    method=opts["method"]))
-    return out
+def _cam_compute(ctx, fig):
+    def compute(ck):
+        def run(p):
+            images = ctx.data(fig).subset(p["images"], seed=ctx.seed)
+            return ls.gradcam(ck, images, target_layer=p["layer"], method=p["method"])
+        return run
+
+    return {m: ctx.cached(fig, "cam", m, compute(ctx.checkpoint(m))) for m in fig.models}
 
 
-def _cam_draw(results, opts, ctx):
-    plots = {m: gradcam_grid(cam, max_images=int(opts["images"])) for m, cam in results.items()}
-    if len(results) > 1:
-        plots[""] = gradcam_compare(results, max_images=int(opts["images"]), guided=True)
+def _cam_draw(results, fig):
+    n = fig.opts["images"]
+    plots = {m: gradcam_grid(results[m], max_images=n) for m in fig.models}
+    if len(fig.models) > 1:
+        cams = {m: results[m] for m in fig.models}
+        plots[""] = gradcam_compare(cams, max_images=n, guided=all(c.guided is not None for c in cams.values()))
     return plots
 
 
 kind("gradcam", "Grad-CAM heat maps and Guided Grad-CAM of the same test images",
-     {"images": 6, "method": "guided-gradcam", "layer": None}, {})((_cam_compute, _cam_draw))
+     {"images": integer(6, 1, 64, help="test images explained"),
+      "method": choice("guided-gradcam", METHODS, help="the explanation"),
+      "layer": layer(help="target layer (default: the last convolution)")},
+     [Step("cam", {"images": "images", "method": "method", "layer": "layer"})])((_cam_compute, _cam_draw))

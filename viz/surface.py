@@ -38,14 +38,60 @@ def masked(values: np.ndarray, log: bool = False) -> np.ndarray:
 
 
 def levels_for(arrays: Sequence[np.ndarray], n: int = 20, log: bool = False) -> np.ndarray:
-    """``n`` contour levels spanning the finite values of all ``arrays`` (geometric when ``log``)."""
+    """Round contour levels covering the finite values of all ``arrays``, at most ``n + 1`` of them.
+
+    Linear levels are equally spaced with a step of 1, 2, 2.5 or 5 times a power of ten
+    (matplotlib's ``MaxNLocator``, the locator ``contour`` itself uses), from the last level at
+    or below the smallest value to the first at or above the largest. Log levels are 1-2-...-9,
+    1-2-5, 1-3 or 1 times powers of ten (the densest set with at most ``n + 1`` levels; every
+    k-th decade for ranges wider than ``n`` decades).
+    """
     finite = np.concatenate([masked(a, log)[np.isfinite(masked(a, log))] for a in arrays])
     if finite.size == 0:
         return np.array([0.0, 1.0]) if not log else np.array([1.0, 10.0])
     lo, hi = float(finite.min()), float(finite.max())
-    if hi <= lo:  # a flat surface still gets two distinct levels
-        hi = lo + 1e-9 * max(1.0, abs(lo))
-    return np.geomspace(lo, hi, n) if log else np.linspace(lo, hi, n)
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi)):  # a flat surface still gets distinct levels around its value
+        pad = 1e-3 * (abs(lo) or 1.0)
+        lo, hi = (lo / (1 + 1e-3), hi * (1 + 1e-3)) if log else (lo - pad, hi + pad)
+    return _log_levels(lo, hi, n) if log else _linear_levels(lo, hi, n)
+
+
+def _bracket(levels: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The levels from the last one at or below ``lo`` to the first one at or above ``hi``."""
+    first = max(int(np.searchsorted(levels, lo, side="right")) - 1, 0)
+    last = min(int(np.searchsorted(levels, hi, side="left")), len(levels) - 1)
+    return levels[first:last + 1]
+
+
+def _linear_levels(lo: float, hi: float, n: int) -> np.ndarray:
+    import math
+
+    from matplotlib.ticker import MaxNLocator
+
+    ticks = MaxNLocator(nbins=max(int(n), 1), steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+    step = float(np.median(np.diff(ticks)))  # MaxNLocator's round step, with its float noise rounded off below
+    digits = 3 - int(np.floor(np.log10(step)))
+    step = round(step, digits)
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    levels = np.round(np.arange(first, last + 1) * step, digits)  # exact multiples of the step, as printed
+    if levels[0] > lo:  # a value within rounding of a level still lies inside the levels
+        levels = np.concatenate([[round(levels[0] - step, digits)], levels])
+    if levels[-1] < hi:
+        levels = np.concatenate([levels, [round(levels[-1] + step, digits)]])
+    return levels if len(levels) >= 2 else np.array([levels[0], round(levels[0] + step, digits)])
+
+
+def _log_levels(lo: float, hi: float, n: int) -> np.ndarray:
+    decades = np.arange(np.floor(np.log10(lo)), np.ceil(np.log10(hi)) + 1)
+    for subs in ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 5), (1, 3), (1,)):
+        levels = _bracket(np.outer(10.0 ** decades, subs).ravel(), lo, hi)
+        if len(levels) <= n + 1:
+            break
+    else:  # more than n decades: every k-th power of ten
+        stride = int(np.ceil((len(decades) - 1) / max(int(n), 1)))
+        levels = 10.0 ** np.arange(decades[0], decades[-1] + stride, stride)
+        levels = _bracket(levels, lo, hi)
+    return levels if len(levels) >= 2 else np.array([levels[0], levels[0] * 10.0])
 
 
 def caption(result, field: str = "loss") -> str:
@@ -67,6 +113,19 @@ def caption(result, field: str = "loss") -> str:
 def _centre(surf) -> list[float] | None:
     inside = surf.x.min() <= 0 <= surf.x.max() and surf.y.min() <= 0 <= surf.y.max()
     return [0.0, 0.0] if inside else None
+
+
+def axis_labels(result) -> tuple[str, str]:
+    """Axis labels of a plane: ``PC1 (62.1% of variance)`` for PCA directions, else ``direction 1 (a)``.
+
+    PCA directions of a training trajectory are labelled with the share of its variance each
+    explains, as in Li et al. (Fig. 9).
+    """
+    d = (result.meta.get("directions") or {}).get("meta", {})
+    ratio = d.get("explained_variance_ratio")
+    if d.get("kind") == "pca" and ratio is not None and len(ratio) >= 2:
+        return tuple(f"PC{i + 1} ({100 * float(r):.1f}% of variance)" for i, r in enumerate(ratio[:2]))
+    return "direction 1 (a)", "direction 2 (b)"
 
 
 def _norm(log: bool, levels: np.ndarray):
@@ -115,8 +174,9 @@ def draw_contour(ax, surf, levels=None, *, field: str = "loss", log: bool = Fals
     centre = _centre(surf)
     if centre is not None:
         ax.plot(*centre, marker="*", color="red", markersize=10, linestyle="none", label="trained weights")
-    ax.set_xlabel("direction 1 (a)")
-    ax.set_ylabel("direction 2 (b)")
+    xlabel, ylabel = axis_labels(surf)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_aspect("auto")
     return {"x": surf.x, "y": surf.y, "field": field, field: z, "levels": levels, "centre": centre,
             "_artist": cs}
@@ -168,8 +228,9 @@ def contourf(surf, levels=None, *, field: str = "loss", log: bool = False, n_lev
         values = draw_contour(ax, surf, levels, field=field, log=log, n_levels=n_levels, filled=True, cmap=cmap)
         artist = values["_artist"]
     fig.colorbar(artist, ax=ax, label=field)
-    ax.set_xlabel("direction 1 (a)")
-    ax.set_ylabel("direction 2 (b)")
+    xlabel, ylabel = axis_labels(surf)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title or f"{surf.meta.get('checkpoint', '')} {field}")
     return _plot(fig, values, caption(surf, field), "heatmap" if heatmap else "contourf")
 
@@ -206,30 +267,102 @@ def surface3d(surf, interactive: bool = True, *, field: str = "loss", log: bool 
     return _plot(fig, values, caption(surf, field), "surface3d")
 
 
-def curve(line, *, log: bool = False, title: str | None = None) -> Plot:
-    """1D loss curve with accuracy on a twin axis (and plain CE dashed when computed)."""
-    import matplotlib.pyplot as plt
-
-    loss = masked(line.loss, log)
-    acc = masked(line.accuracy)
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    ax.plot(line.t, np.ma.masked_invalid(loss), color="tab:blue", label=f"loss ({line.meta.get('criterion', '')})")
-    values = {"t": line.t, "loss": loss, "accuracy": acc, "log": log}
+def _draw_line(ax_loss, ax_acc, line, log: bool, colors: tuple[str, str], name: str = "") -> dict:
+    """Draw one :class:`Curve`: its loss (plain CE dashed when computed) on ``ax_loss``, accuracy on ``ax_acc``."""
+    values = {"t": line.t, "loss": masked(line.loss, log), "accuracy": masked(line.accuracy)}
+    prefix = f"{name}: " if name else ""
+    ax_loss.plot(line.t, np.ma.masked_invalid(values["loss"]), color=colors[0],
+                 label=f"{prefix}loss ({line.meta.get('criterion', '')})")
     if line.ce_loss is not None:
         values["ce_loss"] = masked(line.ce_loss, log)
-        ax.plot(line.t, np.ma.masked_invalid(values["ce_loss"]), color="tab:blue", linestyle="--", label="CE")
+        ax_loss.plot(line.t, np.ma.masked_invalid(values["ce_loss"]), color=colors[0], linestyle="--",
+                     label=f"{prefix}CE")
+    ax_acc.plot(line.t, np.ma.masked_invalid(values["accuracy"]), color=colors[1], label=f"{prefix}accuracy")
+    return values
+
+
+def _legend_outside(fig, axes) -> None:
+    """One legend for all ``axes``, below them and outside every axes, so that it never covers a curve."""
+    handles, labels = [], []
+    for ax in axes:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 3), fontsize=8, frameon=False)
+
+
+def curve(line, *, log: bool = False, title: str | None = None) -> Plot:
+    """1D loss curve with accuracy on a twin axis (and plain CE dashed when computed); legend below the axes."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 4.2), layout="constrained")
+    twin = ax.twinx()
+    values = _draw_line(ax, twin, line, log, ("tab:blue", "tab:red"))
+    values["log"] = log
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("t")
     ax.set_ylabel("loss", color="tab:blue")
-    twin = ax.twinx()
-    twin.plot(line.t, acc, color="tab:red", label="accuracy")
     twin.set_ylabel("accuracy", color="tab:red")
     twin.set_ylim(0, 1.02)
     ax.axvline(0.0, color="grey", linewidth=0.6)
-    ax.legend(loc="upper left", fontsize=8)
+    _legend_outside(fig, [ax, twin])
     ax.set_title(title or f"{line.meta.get('checkpoint', '')} along a line")
     return _plot(fig, values, caption(line), "curve")
+
+
+def curves(lines, titles: Sequence[str] | None = None, *, log: bool = False, title: str | None = None) -> Plot:
+    """Loss and accuracy curves of several models overlaid on one shared ``t`` range (e.g. CE, MAM, A2).
+
+    Two panels share the x axis: the loss (plain CE dashed when computed) and the accuracy,
+    one colour per model; the legend sits below the panels, outside both.
+
+    Parameters
+    ----------
+    lines : sequence of Curve, or mapping of name to Curve
+    titles : sequence of str, optional
+        Model names in the legend (default: the mapping's keys, else each curve's checkpoint).
+    log : bool
+        Logarithmic loss axis.
+    title : str, optional
+
+    Returns
+    -------
+    Plot
+        ``values``: ``t_range`` (the shared x limits), ``log`` and ``curves``, one entry per model
+        with its ``title``, ``t``, ``loss``, ``accuracy`` (and ``ce_loss``).
+    """
+    import matplotlib.pyplot as plt
+
+    from landscape.errors import ArgumentError
+
+    if isinstance(lines, dict):
+        titles, lines = list(lines) if titles is None else titles, list(lines.values())
+    lines = list(lines)
+    if not lines:
+        raise ArgumentError("curves needs at least one Curve.")
+    titles = list(titles) if titles is not None else [c.meta.get("checkpoint", f"#{k}") for k, c in enumerate(lines)]
+    if len(titles) != len(lines):
+        raise ArgumentError(f"{len(titles)} titles for {len(lines)} curves.")
+    fig, (ax, acc) = plt.subplots(1, 2, figsize=(10.0, 4.2), sharex=True, layout="constrained")
+    drawn = []
+    for k, (line, name) in enumerate(zip(lines, titles)):
+        color = f"C{k % 10}"
+        drawn.append({"title": name, **_draw_line(ax, acc, line, log, (color, color), name)})
+    t_range = [float(min(np.min(c.t) for c in lines)), float(max(np.max(c.t) for c in lines))]
+    ax.set_xlim(*t_range)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel("loss")
+    acc.set_ylabel("accuracy")
+    acc.set_ylim(0, 1.02)
+    for a in (ax, acc):
+        a.set_xlabel("t")
+        a.axvline(0.0, color="grey", linewidth=0.6)
+    _legend_outside(fig, [ax])  # the accuracy lines share the models' colours
+    fig.suptitle(title or "loss along a line: " + ", ".join(titles))
+    cap = " | ".join(f"{name}: {caption(line)}" for name, line in zip(titles, lines))
+    return Plot(fig, {"t_range": t_range, "log": log, "curves": drawn}, cap, "curves")
 
 
 def compare(surfs: Sequence, titles: Sequence[str] | None = None, levels=None, *, field: str = "loss",
@@ -263,7 +396,11 @@ def compare(surfs: Sequence, titles: Sequence[str] | None = None, levels=None, *
 
 
 def trajectory(surf, coords: np.ndarray, levels=None, *, log: bool = False, n_levels: int = 20) -> Plot:
-    """Contour of a surface over PCA directions with the training path (``Directions.coords``) drawn on it."""
+    """Contour of a surface over PCA directions with the training path (``Directions.coords``) drawn on it.
+
+    The axes are labelled ``PC1``/``PC2`` with the share of the trajectory's variance each
+    explains, from the directions' meta (:func:`landscape.trajectory_directions`), as Li et al. do.
+    """
     import matplotlib.pyplot as plt
 
     coords = np.asarray(coords, dtype=np.float64)
@@ -306,3 +443,7 @@ def to_vtk(surf, path, *, field: str = "loss", log: bool = False) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return path
+
+
+__all__ = ["contour", "contourf", "surface3d", "curve", "curves", "compare", "trajectory", "to_vtk", "draw_contour",
+           "levels_for", "masked", "caption", "axis_labels"]

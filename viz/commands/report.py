@@ -1,4 +1,8 @@
-"""``landscape report [SPEC.toml]``: render every figure of a report spec into reports/<name>/."""
+"""``landscape report [SPEC.toml]``: render every figure of a report spec into reports/<name>/.
+
+Paths in the spec are relative to the spec file. The whole spec (every option's type and range,
+every model, dataset, loss, layer and snapshot folder) is checked before the first computation.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +16,8 @@ def register(sub) -> None:
                        epilog="examples:\n  landscape report\n  landscape report reports/default.toml --only contour\n"
                               "  landscape report --kinds   # list figure kinds and their options")
     p.add_argument("spec", nargs="?", default="reports/default.toml", help="report spec (TOML)")
-    p.add_argument("--only", nargs="+", metavar="ID_OR_KIND", help="render only these figures")
+    p.add_argument("--only", nargs="+", metavar="ID_OR_KIND",
+                   help="render only these figures; the index keeps the others rendered before")
     p.add_argument("--kinds", action="store_true", help="list the figure kinds and their options, then exit")
     add_common(p, out="reports")
     p.set_defaults(func=run, seed=None)  # the spec's seed unless --seed is given
@@ -23,8 +28,9 @@ def run(args) -> int:
 
     if args.kinds:
         for k in KINDS.values():
-            opts = ", ".join(f"{o}={v!r}" for o, v in k.options().items())
-            print(f"{k.name:22s} {k.help}\n{'':22s} options: {opts}")
+            print(f"{k.name}: {k.help}{'' if k.uses_models else ' (no models)'}")
+            for name, option in k.options.items():
+                print(f"    {name:14s} {option.describe()}{f'  - {option.help}' if option.help else ''}")
         return 0
     build_report(args.spec, out_root=args.out, device=args.device, quiet=args.quiet, only=args.only, seed=args.seed,
                  trust_code=args.trust_code)
