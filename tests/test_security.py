@@ -117,9 +117,9 @@ def test_code_in_meta_runs_nothing_through_the_cli(tmp_path, trust):
             commands.append(["surface", ROOT / "trained_models" / "mlp-ce.safetensors", "--line", "--between", path,
                              "--grid", "3", "--subset", "20", "--out", tmp_path / "out", "--quiet", *flags])
             spec = tmp_path / f"{name}.toml"
-            spec.write_text(f'name = "r"\n{"trust_code = true" if trust else ""}\n[models]\nm = "{path}"\n'
+            spec.write_text(f'name = "r"\n[models]\nm = "{path}"\n'
                             '[[figure]]\nkind = "interpolation"\nmodels = ["m"]\nsteps = 3\n')
-            commands.append(["report", spec, "--out", tmp_path / "reports", "--quiet"])
+            commands.append(["report", spec, "--out", tmp_path / "reports", "--quiet", *flags])
         for args in commands:
             proc = _cli(*args, cwd=tmp_path)
             assert proc.returncode == 2, (name, args[0], proc.stderr)
@@ -168,3 +168,14 @@ def test_non_finite_weights_warn_once_naming_them(tmp_path):
     path = ls.save_checkpoint(tmp_path / "nan.safetensors", model, MLP_META)
     with pytest.warns(RuntimeWarning, match=r"2 tensor\(s\) hold NaN or inf values \(body.1.bias, head.weight\)"):
         ls.load_checkpoint(path, device="cpu")
+
+
+def test_a_report_spec_cannot_opt_in_to_running_code(tmp_path):
+    from landscape.errors import SpecError
+    from viz.report import build_report
+
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "r"\ntrust_code = true\n[models]\nm = "m.safetensors"\n'
+                    '[[figure]]\nkind = "interpolation"\nmodels = ["m"]\n')
+    with pytest.raises(SpecError, match="line 2: a report spec cannot opt in.*--trust-code"):
+        build_report(spec, out_root=tmp_path / "out", quiet=True)

@@ -409,7 +409,6 @@ class Spec:
     seed : int
     device : str or None
         The spec's ``device`` (None: use the caller's).
-    trust_code : bool
     models : dict of str to str
         Model name -> checkpoint path as written.
     figures : list of Figure
@@ -424,7 +423,6 @@ class Spec:
     data: str
     seed: int
     device: str | None
-    trust_code: bool
     models: dict[str, str]
     figures: list[Figure]
     lines: dict
@@ -514,14 +512,18 @@ def validate_spec(raw: dict, text_: str, path: str | Path = "spec") -> Spec:
         Unknown keys, figure kinds, options or models; values of the wrong type or out of
         range; unsafe names; duplicate ids; each with its line.
     """
-    spec = Spec(Path(path), text_, "", "", "", 0, None, False, {}, [], _key_lines(text_))
+    spec = Spec(Path(path), text_, "", "", "", 0, None, {}, [], _key_lines(text_))
     for key in raw:
         if key not in TOP_LEVEL and key not in TOP_TABLES:
             raise spec.fail("", key, f"unknown top-level key {key!r}.{did_you_mean(key, [*TOP_LEVEL, *TOP_TABLES])}")
     top = {k: _checked(spec, "", k, lambda k=k, o=o: o.check(raw.get(k, o.default), k)) for k, o in TOP_LEVEL.items()}
     spec.name = _checked(spec, "", "name", lambda: check_name(top["name"] or spec.path.stem, "report name"))
     spec.title = top["title"] or spec.name
-    spec.data, spec.seed, spec.device, spec.trust_code = top["data"], top["seed"], top["device"], top["trust_code"]
+    spec.data, spec.seed, spec.device = top["data"], top["seed"], top["device"]
+    if top["trust_code"]:
+        # a spec can come from anywhere, like a checkpoint: running code is the user's own act
+        raise spec.fail("", "trust_code", "a report spec cannot opt in to running a checkpoint's code; pass "
+                        "--trust-code on the command line (or trust_code=True to build_report) if you trust them.")
     spec.models = _validate_models(spec, raw.get("models", {}))
     figures = raw.get("figure", [])
     if not isinstance(figures, list) or not all(isinstance(f, dict) for f in figures):
@@ -788,7 +790,8 @@ def plan_report(spec: Spec, out_root: str | Path = "reports", *, root: str | Pat
     seed : int, optional
         Overrides the spec's seed.
     trust_code : bool
-        Let checkpoint meta name ``module:Class`` architectures (also ``trust_code = true`` in the spec).
+        Let checkpoint meta name ``module:Class`` architectures. Only the caller can say so: a
+        ``trust_code = true`` in the spec itself is refused, since a spec may come from anywhere.
     verbose : bool or None
         ``False`` silences progress.
 
@@ -809,7 +812,7 @@ def plan_report(spec: Spec, out_root: str | Path = "reports", *, root: str | Pat
     if out.exists() and not out.is_dir():
         raise OutputError(f"the report's output folder {out} is a file; move it or choose another --out.")
     ctx = Context(spec, Path(root) if root is not None else spec.path.resolve().parent, out, device, verbose,
-                  bool(trust_code or spec.trust_code), seed)
+                  bool(trust_code), seed)
     _load_models(ctx)
     for fig in spec.figures:  # all of them: a figure kept from an earlier run is kept only if its keys still hold
         _load_resources(ctx, fig)
