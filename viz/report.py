@@ -219,6 +219,62 @@ def validate_spec(spec: dict, text: str, path: Path | str = "spec") -> None:
         ids.add(fid)
 
 
+def apply_overrides(spec: dict, overrides: list[str] | tuple[str, ...] | None) -> dict:
+    """A copy of ``spec`` with ``KEY=VALUE`` overrides applied (``landscape report --set KEY=VALUE ...``).
+
+    ``KEY`` is a top-level key (``data``, ``seed``, ``title``, ...), ``models.NAME`` (the
+    checkpoint of a model the spec names) or ``figure.ID.OPTION``: an option of the figure with
+    that id, of every figure of that kind, or with ID ``*`` of every figure that has the option.
+    ``VALUE`` is read as a TOML value (``51``, ``0.5``, ``true``, ``[-0.5, 0.5]``) when it is one
+    and the key does not already hold a string; otherwise it is taken as written, so paths and
+    specs such as ``cifar10:/data/cifar-10-batches-bin`` need no quotes.
+
+    Raises
+    ------
+    SpecError
+        A malformed override, or a key, model, figure or option the spec does not have.
+    """
+    import copy
+
+    spec = copy.deepcopy(spec)
+    for item in overrides or ():
+        key, sep, raw = str(item).partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError(f"--set {item!r}: write KEY=VALUE, e.g. data=cifar10:/data or figure.contours.grid=11.")
+
+        def value(current: Any) -> Any:
+            if isinstance(current, str):
+                return raw
+            try:
+                return tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                return raw
+
+        if parts[0] == "models" and len(parts) == 2:
+            if parts[1] not in spec.get("models", {}):
+                raise SpecError(f"--set {key}: the spec has no model {parts[1]!r} "
+                                f"({', '.join(sorted(spec.get('models', {}))) or 'none'}).")
+            spec["models"][parts[1]] = raw
+        elif parts[0] == "figure" and len(parts) == 3:
+            figs = [f for n, f in enumerate(spec["figure"]) if parts[1] in (figure_id(n, f), f["kind"])
+                    or (parts[1] == "*" and parts[2] in KINDS[f["kind"]].options())]
+            if not figs:
+                known = sorted({figure_id(n, f) for n, f in enumerate(spec["figure"])})
+                raise SpecError(f"--set {key}: no figure with id or kind {parts[1]!r}; ids: {', '.join(known)}.")
+            for fig in figs:
+                if parts[2] not in KINDS[fig["kind"]].options():
+                    raise SpecError(f"--set {key}: figure kind {fig['kind']!r} has no option {parts[2]!r}; options: "
+                                    f"{', '.join(sorted(KINDS[fig['kind']].options()))}.")
+                fig[parts[2]] = value(fig.get(parts[2], KINDS[fig["kind"]].options()[parts[2]]))
+        elif len(parts) == 1 and parts[0] in TOP_LEVEL - {"models", "figure"}:
+            spec[parts[0]] = value(spec.get(parts[0]))
+        else:
+            top = ", ".join(sorted(TOP_LEVEL - {"models", "figure"}))
+            raise SpecError(f"--set {key}: unknown key; use one of {top}, models.NAME or figure.ID.OPTION.")
+    return spec
+
+
 # -- rendering -----------------------------------------------------------------------------
 def figure_id(n: int, fig: dict) -> str:
     """The figure's ``id``, else ``<n + 1>-<kind>``."""
@@ -227,14 +283,14 @@ def figure_id(n: int, fig: dict) -> str:
 
 def build_report(spec_path: str | Path, out_root: str | Path = "reports", device: str = "auto",
                  quiet: bool = False, only: list[str] | None = None, root: str | Path = ".",
-                 seed: int | None = None, trust_code: bool = False) -> dict:
+                 seed: int | None = None, trust_code: bool = False, overrides: list[str] | None = None) -> dict:
     """Render every figure of a spec into ``<out_root>/<name>/`` and return the provenance record.
 
     ``seed`` overrides the spec's seed; ``only`` renders the figures with these ids or kinds.
     ``trust_code`` (or ``trust_code = true`` in the spec) lets the checkpoints' meta name
     ``module:Class`` architectures.
     """
-    spec, _ = load_spec(spec_path)
+    spec = apply_overrides(load_spec(spec_path)[0], overrides)  # --set KEY=VALUE
     if seed is not None:
         spec["seed"] = int(seed)
     known = {figure_id(n, f) for n, f in enumerate(spec["figure"])} | {f["kind"] for f in spec["figure"]}
