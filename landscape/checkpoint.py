@@ -510,8 +510,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
         given["arch"] = arch
     implied = _li_defaults(state, {**file_meta, **given}, path) if kind == "li2018" else {}
     full = _check_meta({**implied, **file_meta, **given}, path)
-    output = check_output(output if output is not None else full.get("output"))
-    if output is not None and not callable(output):
+    if output is None and full.get("output") is not None:
+        if isinstance(full["output"], bool) or not isinstance(full["output"], (int, str)):
+            raise CheckpointError(f"{path}: meta['output'] must be a tuple position (int) or a key or attribute name "
+                                  f"(str), got {full['output']!r}; pass output= to override it.")
+        output = full["output"]
+    output = check_output(output)
+    if callable(output):
+        full.pop("output", None)  # a function is code: it lives on the model, never in a meta
+    elif output is not None:
         full["output"] = output
     if not full.get("arch"):
         raise CheckpointError(f"{path}: no architecture known for this {kind} checkpoint; pass arch='mlp' "
@@ -568,8 +575,9 @@ def as_checkpoint(ck, device: str | torch.device = "auto", criterion=None, outpu
         ck = load_checkpoint(ck, device=device, output=output)
     elif output is not None and isinstance(ck, (Checkpoint, nn.Module)):
         set_output(ck.model if isinstance(ck, Checkpoint) else ck, output)
-        if isinstance(ck, Checkpoint) and not callable(output):
-            ck = dataclasses.replace(ck, meta={**ck.meta, "output": output})
+        if isinstance(ck, Checkpoint):  # the meta records a position or name, never a function
+            meta = {k: v for k, v in ck.meta.items() if k != "output"}
+            ck = dataclasses.replace(ck, meta=meta if callable(output) else {**meta, "output": output})
     if isinstance(ck, Checkpoint):
         if criterion is None:
             return ck

@@ -213,3 +213,16 @@ def test_a_key_map_for_other_code(tmp_path):
     assert ck.digest == ours.digest
     with pytest.raises(CheckpointError, match="key_map="):
         ls.load_checkpoint(tmp_path / "other.pth", arch="resnet20", meta={"num_classes": 10}, device="cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["resnet56", "vgg9", "densenet121", "wrn56_2"])
+def test_their_logits_on_cuda(tmp_path, arch):
+    fx = fixture(arch)
+    path = save_t7(tmp_path / "model_300.t7", rule_state(fx["keys"]), prefix="module.")
+    ck = ls.load_checkpoint(path, device="auto")
+    assert ck.device.type == "cuda" and ck.meta["arch"] == arch
+    with torch.no_grad():
+        got = ck.model.double()(rule_inputs().cuda()).cpu()
+    expected = torch.tensor(fx["logits"], dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-10 * float(expected.abs().max()))

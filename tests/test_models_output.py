@@ -160,3 +160,12 @@ def test_the_adapter_is_only_an_attribute():
     set_output(model, None)
     with pytest.raises(ArchitectureError):
         logits_of(model, torch.rand(1, 1, 8, 8))
+
+
+def test_a_bad_output_in_a_file_names_the_file(tmp_path):
+    meta = {"arch": "cnn", "input_shape": [1, 8, 8], "num_classes": 10, "output": [0]}
+    path = ls.save_checkpoint(tmp_path / "bad.safetensors", build(models.CNN), meta)
+    with pytest.raises(ls.errors.CheckpointError, match=r"bad.safetensors: meta\['output'\] must be"):
+        ls.load_checkpoint(path, device="cpu")
+    ck = ls.load_checkpoint(path, device="cpu", output=lambda out: out)  # the caller's adapter wins
+    assert "output" not in ck.meta and callable(ls.objective.output_of(ck.model))

@@ -146,6 +146,14 @@ def test_every_analysis_on_a_random_instance(arch):
     check_features_and_cam(ck, data)
 
 
+def test_he_option_a_shortcuts():
+    """The parameter-free shortcut (subsample + zero channels) goes through the same analyses."""
+    data = synthetic(8, seed=0)
+    ck = random_checkpoint("resnet20", shortcut="padding")
+    check_plane_and_line(ck, data)
+    check_features_and_cam(ck, data)
+
+
 def test_every_architecture_has_a_hessian_layout():
     covered = {a for _, _, names in LAYOUTS for a in names.split() if a != "..."}
     covered |= {a for a in NEW if a.endswith("_noshort")}
@@ -178,3 +186,24 @@ def test_every_analysis_on_a_briefly_trained_instance(arch):
     check_plane_and_line(ck, test)
     check_features_and_cam(ck, test)
     check_hessian_map(ck, test)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", NEW)
+def test_cuda_agrees_with_cpu(arch):
+    """On CUDA (points batched with vmap) the plane gives the CPU's numbers, and every analysis runs."""
+    import copy
+
+    data = synthetic(8, seed=0)
+    cpu = random_checkpoint(arch)
+    gpu = as_checkpoint(copy.deepcopy(cpu.model).cuda())
+    dirs = ls.random_directions(cpu.model, n=2, seed=0)
+    a = ls.surface(cpu, data, dirs, x=PLANE, y=PLANE, verbose=False)
+    b = ls.surface(gpu, data, dirs, x=PLANE, y=PLANE, verbose=False)
+    np.testing.assert_allclose(b.loss, a.loss, rtol=1e-2, atol=1e-4)  # cuDNN may use TF32 convolutions
+    check_features_and_cam(gpu, data)
+    check_hessian_map(as_checkpoint(random_checkpoint(arch, **dict(LAYOUTS_BY_ARCH.get(arch, {}))).model.cuda()),
+                      data)
+
+
+LAYOUTS_BY_ARCH = {a: k for a, k, _ in LAYOUTS}

@@ -206,7 +206,6 @@ def variant(name: str, cls: type[nn.Module], summary: str, **defaults) -> Callab
     builder.__name__ = builder.__qualname__ = name
     fixed = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
     builder.__doc__ = f"{summary}: ``{cls.__name__}``{f' with {fixed}' if fixed else ''}; arch_kwargs override these."
-    builder.defaults = dict(defaults)
     return register(name, builder)
 
 
