@@ -5,7 +5,17 @@ Formats (see ``docs`` in the README):
 * ``.safetensors`` with the meta as JSON under the header key ``landscape_meta``;
 * ``.pt`` / ``.pth`` holding ``{"state_dict": ..., "meta": ...}``;
 * a bare state_dict (``.pt``/``.pth``/``.bin``) whose architecture the caller names;
-* a PyTorch Lightning ``.ckpt`` (prefixed keys, ``hyper_parameters``).
+* a PyTorch Lightning ``.ckpt`` (prefixed keys, ``hyper_parameters``);
+* Li et al.'s ``.t7`` files (github.com/tomgoldstein/loss-landscape, ``cifar10/main.py``):
+  ``torch.save({"acc", "epoch", "state_dict"})`` with their model classes' parameter names,
+  in the legacy or the zip format (see :data:`LI2018`).
+
+Parameter names are matched to the model's on load: a prefix that every key shares
+(DataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.``) or, in a Lightning file, the
+submodule prefix of the model is removed; the zoo class's documented ``foreign_keys`` map
+(e.g. Li et al.'s ``linear.`` -> ``head.``) and a caller's ``key_map`` rename what is left;
+batchnorm ``num_batches_tracked`` counters that files of PyTorch < 0.4.1 lack are set to 0
+(they only count training steps). Anything else that does not fit is an error naming the keys.
 
 Checkpoints are data, never code: pickles are read with ``torch.load(weights_only=True)``
 and a file that needs anything beyond tensors and plain containers is refused.
@@ -13,6 +23,7 @@ and a file that needs anything beyond tensors and plain containers is refused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -28,12 +39,28 @@ from torch import nn
 from . import losses, models
 from .data import Dataset
 from .device import resolve_device
-from .errors import ArchitectureError, CheckpointError, DatasetError, LossError
+from .errors import ArchitectureError, CheckpointError, DatasetError, LandscapeError, LossError
 from .io import atomic_path
+from .objective import OutputSpec, check_output, output_of, set_output
 
 META_KEYS = ("arch", "arch_kwargs", "loss", "loss_kwargs", "dataset", "input_shape", "num_classes", "classes",
              "normalization", "seed", "epoch", "metrics")
 SAFETENSORS_META_KEY = "landscape_meta"
+
+#: What a file of Li et al.'s ``cifar10/main.py`` means without a meta: CIFAR-10 32x32x3 inputs,
+#: normalised with their ``dataloader.py``'s per-channel mean and deviation, cross-entropy;
+#: ``acc`` is their test accuracy in percent. Entries a caller passes in ``meta=`` win (a net
+#: trained with their ``--raw_data`` needs ``meta={"normalization": None}``).
+LI2018 = {
+    "dataset": "cifar10", "input_shape": [3, 32, 32], "loss": "ce",
+    "normalization": {"mean": [125.3 / 255, 123.0 / 255, 113.9 / 255], "std": [63.0 / 255, 62.1 / 255, 66.7 / 255]},
+    "source": "li2018",
+}
+#: The architectures of Li et al.'s zoo (``cifar10/model_loader.py``) that this zoo has, under the
+#: same names; a Li et al. file without ``arch=`` is matched against them by parameter names and shapes.
+LI2018_ZOO = ("resnet20", "resnet56", "resnet110", "resnet20_noshort", "resnet32_noshort", "resnet44_noshort",
+              "resnet56_noshort", "resnet110_noshort", "resnet18", "resnet34", "resnet50", "vgg9", "vgg16", "vgg19",
+              "densenet121", "wrn56_2", "wrn56_4")
 
 
 @dataclasses.dataclass
@@ -213,7 +240,7 @@ def _is_state_dict(obj: Any) -> bool:
 def read_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, str]:
     """Read ``(state_dict, meta_found_in_file, kind)`` from any supported file, without building a model.
 
-    ``kind`` is one of ``"safetensors"``, ``"dict"``, ``"bare"``, ``"lightning"``.
+    ``kind`` is one of ``"safetensors"``, ``"dict"``, ``"bare"``, ``"lightning"``, ``"li2018"``.
     """
     path = Path(path)
     if not path.exists():
@@ -241,6 +268,8 @@ def read_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
             meta = dict(hp.get("meta") or {k: hp[k] for k in META_KEYS if k in hp})
             meta.setdefault("epoch", obj.get("epoch"))
             return dict(state), meta, "lightning"
+        if "meta" not in obj and {"acc", "epoch"} <= set(obj):
+            return dict(state), _li_meta(obj), "li2018"
         meta = obj.get("meta") or {}
         if not isinstance(meta, Mapping):
             raise CheckpointError(f"{path}: 'meta' must be a dict, got {type(meta).__name__}.")
@@ -250,18 +279,137 @@ def read_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
                           "save `{'state_dict': model.state_dict(), 'meta': meta}`.")
 
 
-def _strip_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
-    """Strip the submodule prefix a LightningModule adds (``model.``, ``net.``, ...)."""
-    if set(state) & expected:
-        return state
-    best, best_hits = None, 0
-    for prefix in {k.split(".", 1)[0] + "." for k in state if "." in k}:
-        hits = len({k[len(prefix):] for k in state if k.startswith(prefix)} & expected)
-        if hits > best_hits:
-            best, best_hits = prefix, hits
-    if best is None:
-        return state
-    return {k[len(best):]: v for k, v in state.items() if k.startswith(best)}
+def _li_meta(obj: Mapping) -> dict:
+    """The meta a Li et al. ``{"acc", "epoch", "state_dict"}`` file carries: its epoch and test accuracy."""
+    meta: dict[str, Any] = {}
+    if isinstance(obj.get("epoch"), int) and not isinstance(obj.get("epoch"), bool):
+        meta["epoch"] = obj["epoch"]
+    acc = obj.get("acc")
+    acc = float(acc) if isinstance(acc, (int, float, torch.Tensor)) and not isinstance(acc, bool) and \
+        (not isinstance(acc, torch.Tensor) or acc.numel() == 1) else None
+    if acc is not None and 0 <= acc <= 100:
+        meta["metrics"] = {"test_accuracy": acc / 100}  # their acc is 100 - test error in percent
+    return meta
+
+
+def _shared_prefixes(state: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """``state`` with the prefixes every key shares removed one at a time (``module.``, ``_orig_mod.``, ...)."""
+    out, cur = [], dict(state)
+    while cur and all("." in k for k in cur):
+        first = {k.split(".", 1)[0] for k in cur}
+        if len(first) != 1:
+            break
+        n = len(first.pop()) + 1
+        cur = {k[n:]: v for k, v in cur.items()}
+        out.append(cur)
+    return out
+
+
+def match_keys(state: Mapping[str, torch.Tensor], model: nn.Module, key_map: Mapping[str, str] | None = None,
+               kind: str = "dict") -> dict[str, torch.Tensor]:
+    """``state`` renamed to the model's parameter names where a documented rule says how (see the module docstring).
+
+    Parameters
+    ----------
+    state : mapping of str to Tensor
+        The file's tensors.
+    model : nn.Module
+        The model they are for; its ``foreign_keys`` (see :mod:`landscape.models`) are applied.
+    key_map : mapping of str to str, optional
+        More prefix renames ``{"their.prefix.": "our.prefix."}``, applied after the model's own.
+    kind : str
+        The file kind; in a ``"lightning"`` file the keys under one submodule prefix are taken.
+
+    Returns
+    -------
+    dict
+        The renamed state, with the candidate (prefix removed or not) that names the most of
+        the model's keys; keys that still do not fit are left for :func:`_load_state` to report.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return _match(state, expected, {**models.foreign_keys(model), **dict(key_map or {})}, kind)
+
+
+def _match(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple], renames: Mapping[str, str],
+           kind: str = "dict") -> dict[str, torch.Tensor]:
+    """:func:`match_keys` against a layout ``{name: shape}`` and prefix ``renames``."""
+    def rename(key: str) -> str:
+        if key in expected:
+            return key
+        for theirs, ours in renames.items():
+            if key.startswith(theirs):
+                return ours + key[len(theirs):]
+        return key
+
+    candidates = [dict(state), *_shared_prefixes(state)]
+    if kind == "lightning":  # a LightningModule holds the model as one of its submodules
+        for prefix in sorted({k.split(".", 1)[0] + "." for k in state if "." in k}):
+            candidates.append({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    renamed = [{rename(k): v for k, v in c.items()} for c in candidates]
+    best = max(renamed, key=lambda c: len(set(c) & set(expected)))  # the first of equals: no prefix removed
+    for key, shape in expected.items():  # files of PyTorch < 0.4.1 have no step counters
+        if key.endswith(".num_batches_tracked") and key not in best and \
+                key[:-len("num_batches_tracked")] + "running_mean" in best:
+            best[key] = torch.zeros(shape, dtype=torch.int64)
+    return best
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(name: str, input_shape: tuple[int, ...]) -> tuple[dict[str, tuple], dict[str, str]]:
+    """``({name: shape}, foreign_keys)`` of architecture ``name`` with its defaults, built on the meta device."""
+    with torch.device("meta"):
+        model = models.build(name, input_shape=input_shape, num_classes=10)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}, models.foreign_keys(model)
+
+
+def detect_architecture(state: Mapping[str, torch.Tensor], candidates: tuple[str, ...] = LI2018_ZOO,
+                        input_shape=(3, 32, 32)) -> list[tuple[str, int]]:
+    """The ``(arch, num_classes)`` of the ``candidates`` whose parameter names and shapes ``state`` has exactly.
+
+    Every candidate is built once on the meta device (no memory, no weights), with its default
+    arguments; the head's width is read from the file, so any number of classes fits.
+    """
+    found = []
+    for name in candidates:
+        expected, renames = _layout(name, tuple(input_shape))
+        mapped = _match(state, expected, renames)
+        head = mapped.get("head.weight")
+        if set(mapped) != set(expected) or head is None or head.dim() != 2:
+            continue
+        if all(tuple(v.shape) == expected[k] for k, v in mapped.items() if not k.startswith("head.")) \
+                and tuple(head.shape[1:]) == expected["head.weight"][1:]:
+            found.append((name, int(head.shape[0])))
+    return found
+
+
+def _head_classes(state: Mapping[str, torch.Tensor], arch: str, meta: Mapping[str, Any]) -> int | None:
+    """Width of the file's classifier for registered architecture ``arch`` (read through its key map), or None."""
+    try:
+        with torch.device("meta"):
+            model = models.build(arch, input_shape=meta.get("input_shape"), num_classes=10,
+                                 **dict(meta.get("arch_kwargs") or {}))
+    except (ArchitectureError, LandscapeError):
+        return None  # the build fails again, with its message, when the model is built for real
+    head = match_keys(state, model).get("head.weight")
+    return int(head.shape[0]) if isinstance(head, torch.Tensor) and head.dim() == 2 else None
+
+
+def _li_defaults(state: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path: Path) -> dict:
+    """Meta entries a Li et al. file implies: :data:`LI2018`, its architecture (detected when unnamed), its classes."""
+    out = {**LI2018, **({"input_shape": list(meta["input_shape"])} if meta.get("input_shape") else {})}
+    arch = meta.get("arch")
+    if arch:
+        classes = _head_classes(state, arch, {**out, **meta}) if arch in models.names() else None
+        return {**out, **({"num_classes": classes} if classes and not meta.get("num_classes") else {})}
+    found = detect_architecture(state, LI2018_ZOO, tuple(out["input_shape"]))
+    if not found:
+        raise CheckpointError(f"{path}: a file of Li et al.'s loss-landscape code whose weights match none of their "
+                              f"architectures this toolkit has ({', '.join(LI2018_ZOO)}); pass arch='...' (and "
+                              "arch_kwargs in meta=) or --arch.")
+    if len(found) > 1:
+        raise CheckpointError(f"{path}: the weights fit several architectures ({', '.join(n for n, _ in found)}); "
+                              "pass arch='...' or --arch.")
+    return {**out, "arch": found[0][0], "num_classes": found[0][1]}
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -275,7 +423,8 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) ->
         if unexpected:
             parts.append(f"unexpected keys {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}")
         raise CheckpointError(f"{path}: the weights do not fit architecture {type(model).__name__}: "
-                              f"{'; '.join(parts)}. Check meta['arch'] / meta['arch_kwargs'] or the arch you named.")
+                              f"{'; '.join(parts)}. Check meta['arch'] / meta['arch_kwargs'] or the arch you named, "
+                              "or rename the file's keys with key_map={'their.prefix.': 'our.prefix.'}.")
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in state.items()
            if tuple(v.shape) != tuple(expected[k].shape)]
     if bad:
@@ -356,25 +505,34 @@ def _warn_non_finite(model: nn.Module, path: Path) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto", arch: str | None = None,
-                    meta: Mapping[str, Any] | None = None, *, trust_code: bool = False) -> Checkpoint:
+                    meta: Mapping[str, Any] | None = None, *, trust_code: bool = False,
+                    output: OutputSpec = None, key_map: Mapping[str, str] | None = None) -> Checkpoint:
     """Load a checkpoint as data and rebuild its model and training objective.
 
     Parameters
     ----------
     path : path-like
         ``.safetensors``, ``.pt``/``.pth`` (dict with ``state_dict`` and ``meta`` or a bare
-        state_dict) or a Lightning ``.ckpt``.
+        state_dict), a Lightning ``.ckpt`` or a ``.t7`` file of Li et al.'s loss-landscape code.
     device : str or torch.device
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda[:N]"``.
     arch : str, optional
         Architecture name or ``"module:Class"``; overrides ``meta["arch"]``. Needed for a bare
-        state_dict without meta. A path given here is trusted: you named it.
+        state_dict without meta. A path given here is trusted: you named it. A Li et al. file
+        without it is matched against :data:`LI2018_ZOO` by its parameter names and shapes.
     meta : dict, optional
-        Meta entries supplied by the caller (for bare state_dicts and Lightning files);
-        they override what the file holds.
+        Meta entries supplied by the caller (for bare state_dicts, Lightning and Li et al.
+        files); they override what the file holds and what its format implies (:data:`LI2018`).
     trust_code : bool
         Let the file's own meta name a ``"module:Class"`` architecture. Off by default: a file's
         meta may name only registered architectures, because importing a module runs its code.
+    output : int, str or callable, optional
+        The output adapter of a model whose forward returns a tuple, a dict or an object with
+        ``.logits`` (see :mod:`landscape.objective`); default ``meta["output"]``. A position or
+        a key/attribute name is recorded in the meta; a function only on the model.
+    key_map : dict, optional
+        Prefix renames ``{"their.prefix.": "our.prefix."}`` for a file saved by other code,
+        applied after the architecture's own ``foreign_keys``.
 
     Returns
     -------
@@ -390,9 +548,21 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
     path = Path(path)
     state, file_meta, kind = read_checkpoint_file(path)
     file_meta = _check_meta(file_meta, path)
-    full = _check_meta({**file_meta, **dict(_check_meta(meta or {}, path))}, path)
+    given = dict(_check_meta(meta or {}, path))
     if arch is not None:
-        full["arch"] = arch
+        given["arch"] = arch
+    implied = _li_defaults(state, {**file_meta, **given}, path) if kind == "li2018" else {}
+    full = _check_meta({**implied, **file_meta, **given}, path)
+    if output is None and full.get("output") is not None:
+        if isinstance(full["output"], bool) or not isinstance(full["output"], (int, str)):
+            raise CheckpointError(f"{path}: meta['output'] must be a tuple position (int) or a key or attribute name "
+                                  f"(str), got {full['output']!r}; pass output= to override it.")
+        output = full["output"]
+    output = check_output(output)
+    if callable(output):
+        full.pop("output", None)  # a function is code: it lives on the model, never in a meta
+    elif output is not None:
+        full["output"] = output
     if not full.get("arch"):
         raise CheckpointError(f"{path}: no architecture known for this {kind} checkpoint; pass arch='mlp' "
                               f"(or 'module:Class') and meta={{'input_shape': ..., 'num_classes': ...}}, "
@@ -404,10 +574,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
                              trust_code=trust_code or named_by_caller, **dict(full.get("arch_kwargs") or {}))
     except ArchitectureError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    if kind == "lightning":
-        state = _strip_prefix(state, set(model.state_dict()))
+    state = match_keys(state, model, key_map, kind)
     _load_state(model, state, path)
     _warn_non_finite(model, path)
+    set_output(model, output)
     try:
         criterion = build_criterion(full)
     except LossError as exc:
@@ -418,7 +588,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
     return Checkpoint(model=model, meta=full, criterion=criterion, device=dev, path=path, digest=_digest(state))
 
 
-def as_checkpoint(ck, device: str | torch.device = "auto", criterion=None) -> Checkpoint:
+def as_checkpoint(ck, device: str | torch.device = "auto", criterion=None, output: OutputSpec = None) -> Checkpoint:
     """A :class:`Checkpoint` from anything a user holds: a Checkpoint, a path, or a plain ``nn.Module``.
 
     Every computation takes its model through this function, so each accepts the same forms.
@@ -434,13 +604,23 @@ def as_checkpoint(ck, device: str | torch.device = "auto", criterion=None) -> Ch
         The loss: a :mod:`landscape.losses` name or spec, or any ``loss(logits, y)`` module such
         as ``nn.CrossEntropyLoss()``. It replaces a checkpoint's own training objective; a plain
         module without one gets cross-entropy.
+    output : int, str or callable, optional
+        The output adapter of a model whose forward returns a tuple, a dict or an object with
+        ``.logits`` (see :mod:`landscape.objective`). It is set on the model (the one attribute
+        :data:`landscape.objective.OUTPUT_ATTRIBUTE`), so every computation given the returned
+        checkpoint, or the model itself afterwards, reads its logits the same way.
 
     Returns
     -------
     Checkpoint
     """
     if isinstance(ck, (str, os.PathLike)):
-        ck = load_checkpoint(ck, device=device)
+        ck = load_checkpoint(ck, device=device, output=output)
+    elif output is not None and isinstance(ck, (Checkpoint, nn.Module)):
+        set_output(ck.model if isinstance(ck, Checkpoint) else ck, output)
+        if isinstance(ck, Checkpoint):  # the meta records a position or name, never a function
+            meta = {k: v for k, v in ck.meta.items() if k != "output"}
+            ck = dataclasses.replace(ck, meta=meta if callable(output) else {**meta, "output": output})
     if isinstance(ck, Checkpoint):
         if criterion is None:
             return ck
@@ -451,6 +631,9 @@ def as_checkpoint(ck, device: str | torch.device = "auto", criterion=None) -> Ch
         dev = param.device if param is not None else resolve_device(device)
         crit = criterion if criterion is not None else "ce"
         meta = {"arch": type(ck).__name__, "loss": _criterion_name(crit), "loss_kwargs": {}}
+        adapter = output_of(ck)
+        if adapter is not None and not callable(adapter):
+            meta["output"] = adapter
         return Checkpoint(model=ck, meta=meta, criterion=_criterion_module(crit, dev), device=dev, path=None,
                           digest=_digest(ck.state_dict()))
     from .errors import ArgumentError

@@ -6,7 +6,9 @@ submodule can be read instead, through a forward hook that is removed afterwards
 when the forward pass fails.
 
 Data always reach the model through :meth:`landscape.Checkpoint.prepare`, so inputs are
-normalised exactly as in training.
+normalised exactly as in training, and its output through
+:func:`landscape.objective.logits_of`, so a model returning a tuple, a dict or an object with
+``.logits`` is read through its output adapter.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from .checkpoint import Checkpoint
 from .data import Dataset
 from .errors import ArgumentError, did_you_mean
 from .models import split_head
+from .objective import logits_of
 from .results import Result
 
 DEFAULT_LAYER = "features"
@@ -124,7 +127,7 @@ def _reader(model: nn.Module, layer: str | None) -> Iterator[Callable[[torch.Ten
     with _capture(module) as seen:
         def run(xb):
             seen.clear()
-            logits = model(xb)
+            logits = logits_of(model, xb)  # the model's output adapter picks the logits
             if not seen:
                 raise ArgumentError(f"layer {layer!r} is not used by {type(model).__name__}'s forward pass; "
                                     "pick a layer the model calls.")

@@ -1,23 +1,125 @@
-"""The training objective of a checkpoint, evaluated on a batch.
+"""The training objective of a checkpoint, evaluated on a batch, and the one place a model's output becomes logits.
 
 One place knows how to feed a model's outputs to a :class:`~landscape.losses.Loss`:
 margin losses get the penultimate features and the classifier weights, every other loss
 only the logits. Accuracy is always measured on the plain logits.
+
+**The output adapter.** A model whose forward returns a tuple (auxiliary heads), a dict or an
+object with ``.logits`` (Hugging Face style) says which part are the logits with ``output``:
+
+* an ``int``: a position in a tuple or list (``output=0``);
+* a ``str``: a key of a mapping or, failing that, an attribute (``output="logits"``);
+* a callable ``f(out) -> logits`` (through the API only: it is code, so never read from a file).
+
+The choice lives on the model (the attribute :data:`OUTPUT_ATTRIBUTE`, set by
+:func:`set_output`; a class may also define it), so that everything that reaches the model's
+output through :func:`logits_of` honours it: :func:`loss_and_logits` and :class:`Objective`
+(hence surfaces, lines, ratio maps, Hessians and training), feature extraction and accuracy.
+:func:`landscape.load_checkpoint` sets it from ``output=`` or from a key/attribute string in
+``meta["output"]``. Without an adapter a tensor is the logits, and a mapping with a
+``"logits"`` key or an object with a ``.logits`` tensor gives those (the Hugging Face
+convention); anything else is refused with a message asking for ``output=``.
 """
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Union
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import LossError
+from .errors import ArchitectureError, ArgumentError, LossError
 from .models import split_head
+
+OUTPUT_ATTRIBUTE = "landscape_output"
+OutputSpec = Union[int, str, Callable[[Any], torch.Tensor], None]
+
+
+def check_output(output: Any) -> OutputSpec:
+    """Return ``output`` if it is a valid adapter (None, an int, a non-empty str or a callable); else raise.
+
+    Raises
+    ------
+    ArgumentError
+        Any other value.
+    """
+    if output is None or callable(output) or (isinstance(output, str) and output):
+        return output
+    if isinstance(output, int) and not isinstance(output, bool):
+        return int(output)
+    raise ArgumentError(f"output must be a tuple position (int), a key or attribute name (str) or a function "
+                        f"out -> logits, got {output!r}.")
+
+
+def set_output(model: nn.Module, output: OutputSpec) -> nn.Module:
+    """Make ``output`` the model's output adapter (``None`` removes it) and return the model.
+
+    Only this plain attribute is set; weights, buffers and devices are untouched.
+    """
+    output = check_output(output)
+    if output is None:
+        model.__dict__.pop(OUTPUT_ATTRIBUTE, None)
+    else:
+        object.__setattr__(model, OUTPUT_ATTRIBUTE, output)
+    return model
+
+
+def output_of(model: nn.Module) -> OutputSpec:
+    """The model's output adapter (its attribute :data:`OUTPUT_ATTRIBUTE`), or None."""
+    return getattr(model, OUTPUT_ATTRIBUTE, None)
+
+
+def select_logits(out: Any, output: OutputSpec = None, name: str = "the model") -> torch.Tensor:
+    """The logits inside a model's raw output ``out``, chosen by the adapter ``output`` (see the module docstring).
+
+    Raises
+    ------
+    ArchitectureError
+        The output holds no logits where ``output`` says, or it is not a tensor and no adapter is given.
+    """
+    if output is None:
+        if isinstance(out, torch.Tensor):
+            return out
+        found = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+        if isinstance(found, torch.Tensor):
+            return found
+        what = (f"a {type(out).__name__} of {len(out)}" if isinstance(out, (Sequence, Mapping))
+                and not isinstance(out, str) else f"a {type(out).__name__}")
+        keys = f" with keys {sorted(map(str, out))[:6]}" if isinstance(out, Mapping) else ""
+        raise ArchitectureError(f"{name} returns {what}{keys}, not a tensor of logits; say which part are the "
+                                "logits with output= (a tuple position such as 0, a key or attribute name such as "
+                                "'logits', or a function out -> logits).")
+    if callable(output):
+        value = output(out)
+    elif isinstance(output, int):
+        if not isinstance(out, Sequence) or isinstance(out, (str, torch.Tensor)) or not -len(out) <= output < len(out):
+            raise ArchitectureError(f"{name} returns a {type(out).__name__}, which has no position {output}; fix "
+                                    "output= (a tuple position, a key or attribute name, or a function).")
+        value = out[output]
+    elif isinstance(out, Mapping) and output in out:
+        value = out[output]
+    elif not isinstance(out, Mapping) and hasattr(out, output) and not isinstance(out, torch.Tensor):
+        value = getattr(out, output)
+    else:
+        keys = f" (keys {sorted(map(str, out))[:6]})" if isinstance(out, Mapping) else ""
+        raise ArchitectureError(f"{name} returns a {type(out).__name__}{keys} without key or attribute {output!r}; "
+                                "fix output= (a tuple position, a key or attribute name, or a function).")
+    if not isinstance(value, torch.Tensor):
+        raise ArchitectureError(f"output={output!r} picks a {type(value).__name__} from {name}'s output, not a tensor "
+                                "of logits; point it at the logits.")
+    return value
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` reduced to its logits by the model's output adapter; every caller of a model goes through it."""
+    return select_logits(model(x), output_of(model), type(model).__name__)
 
 
 def outputs(model: nn.Module, x: torch.Tensor, with_features: bool = False):
     """Return ``(logits, features, head_weight)``; the last two are None unless asked for."""
     if not with_features:
-        return model(x), None, None
+        return logits_of(model, x), None, None
     parts = split_head(model)
     if parts is None:
         raise LossError(f"this loss needs the model's penultimate features, but {type(model).__name__} has no "

@@ -18,7 +18,7 @@ from . import models
 from .checkpoint import build_criterion, save_checkpoint
 from .data import Dataset, load_dataset, normalization_of
 from .errors import ArgumentError
-from .objective import evaluate, loss_and_logits
+from .objective import evaluate, loss_and_logits, set_output
 
 
 @dataclasses.dataclass
@@ -37,6 +37,7 @@ class Recipe:
     seed: int = 0
     dataset: str = "digits"
     snapshots: bool = False
+    output: int | str | None = None  # the output adapter of a model whose forward returns more than logits
 
 
 def _normalize(x: torch.Tensor, norm: dict) -> torch.Tensor:
@@ -57,13 +58,13 @@ def fit(recipe: Recipe, on_epoch: Callable[[int, torch.nn.Module, dict], None] |
     test = test or load_dataset(recipe.dataset, "test")
     norm = normalization_of(train)
     torch.manual_seed(recipe.seed)
-    model = models.build(recipe.arch, input_shape=train.input_shape, num_classes=len(train.classes),
-                         **recipe.arch_kwargs)
+    model = set_output(models.build(recipe.arch, input_shape=train.input_shape, num_classes=len(train.classes),
+                                    **recipe.arch_kwargs), recipe.output)
     meta: dict[str, Any] = {
         "arch": recipe.arch, "arch_kwargs": recipe.arch_kwargs, "loss": recipe.loss,
         "loss_kwargs": recipe.loss_kwargs, "dataset": recipe.dataset, "input_shape": list(train.input_shape),
         "num_classes": len(train.classes), "classes": list(train.classes), "normalization": norm,
-        "seed": recipe.seed, "epoch": 0,
+        "seed": recipe.seed, "epoch": 0, **({"output": recipe.output} if recipe.output is not None else {}),
         "train": {"optimizer": "sgd", "momentum": 0.9, "lr": recipe.lr, "weight_decay": recipe.weight_decay,
                   "batch_size": recipe.batch_size, "epochs": recipe.epochs, "schedule": "cosine"},
     }

@@ -503,6 +503,82 @@ def _checked(spec: Spec, table: Any, key: str, check: Callable[[], Any], prefix:
         raise spec.fail(table, key, prefix + str(exc)) from None
 
 
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...] | None) -> dict:
+    """A copy of a raw spec (as :func:`read_spec` gives it) with ``KEY=VALUE`` overrides applied.
+
+    What ``landscape report --set KEY=VALUE ...`` does, before the spec is validated (so an
+    override is checked like the value it replaces). ``KEY`` is a top-level key (``data``,
+    ``seed``, ``title``, ...), ``models.NAME`` (the checkpoint of a model the spec names) or
+    ``figure.ID.OPTION``: an option of the figure with that id, of every figure of that kind, or
+    with ID ``*`` of every figure that has the option. ``VALUE`` is read as a TOML value (``51``,
+    ``0.5``, ``true``, ``[-0.5, 0.5]``) when it is one and the key does not already hold a string;
+    otherwise it is taken as written, so paths and specs such as ``cifar10:/data`` need no quotes.
+    Paths given on the command line are relative to the current directory (not to the spec).
+
+    Raises
+    ------
+    SpecError
+        A malformed override, or a key, model, figure or option the spec does not have.
+    """
+    import copy
+
+    raw = copy.deepcopy(raw)
+    top_keys = sorted(TOP_LEVEL)
+    for item in overrides or ():
+        key, sep, value_text = str(item).partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError(f"--set {item!r}: write KEY=VALUE, e.g. data=cifar10:/data or figure.contours.grid=11.")
+
+        def value(current: Any) -> Any:
+            if isinstance(current, str):
+                return value_text
+            try:
+                return tomllib.loads(f"v = {value_text}")["v"]
+            except tomllib.TOMLDecodeError:
+                return value_text
+
+        if parts[0] == "models" and len(parts) == 2:
+            models = raw.get("models", {})
+            if parts[1] not in models:
+                raise SpecError(f"--set {key}: the spec has no model {parts[1]!r} "
+                                f"({', '.join(sorted(models)) or 'none'}).")
+            models[parts[1]] = str(Path(value_text).expanduser().resolve())
+        elif parts[0] == "figure" and len(parts) == 3:
+            figures = raw.get("figure", [])
+
+            def matches(n: int, fig: dict) -> bool:
+                kind_ = KINDS.get(fig.get("kind"))
+                if parts[1] == "*":
+                    return kind_ is not None and parts[2] in kind_.options
+                return parts[1] in (fig.get("id", f"{n + 1:02d}-{fig.get('kind')}"), fig.get("kind"))
+
+            chosen = [f for n, f in enumerate(figures) if matches(n, f)]
+            if not chosen:
+                ids = sorted(f.get("id", f"{n + 1:02d}-{f.get('kind')}") for n, f in enumerate(figures))
+                raise SpecError(f"--set {key}: no figure with id or kind {parts[1]!r}; ids: {', '.join(ids)}.")
+            for fig in chosen:
+                kind_ = KINDS.get(fig.get("kind"))
+                if kind_ is None or parts[2] not in kind_.options:
+                    options = ", ".join(sorted(kind_.options)) if kind_ else "none"
+                    raise SpecError(f"--set {key}: figure kind {fig.get('kind')!r} has no option {parts[2]!r}; "
+                                    f"options: {options}.")
+                fig[parts[2]] = value(fig.get(parts[2], kind_.options[parts[2]].default))
+        elif len(parts) == 1 and parts[0] in TOP_LEVEL and parts[0] != "trust_code":
+            new = value(raw.get(parts[0], TOP_LEVEL[parts[0]].default))
+            if parts[0] == "data" and isinstance(new, str):
+                kind_, colon, rest = new.partition(":")
+                if colon and rest:
+                    new = f"{kind_}:{Path(rest).expanduser().resolve()}"
+                elif new.endswith(".npz"):
+                    new = str(Path(new).expanduser().resolve())
+            raw[parts[0]] = new
+        else:
+            known = ", ".join(k for k in top_keys if k != "trust_code")
+            raise SpecError(f"--set {key}: unknown key; use one of {known}, models.NAME or figure.ID.OPTION.")
+    return raw
+
+
 def validate_spec(raw: dict, text_: str, path: str | Path = "spec") -> Spec:
     """Check every key, name, type and range of a parsed spec; return the :class:`Spec`.
 
@@ -1002,7 +1078,7 @@ def _not_in_use(out: Path, name: str) -> None:
 
 def build_report(spec_path: str | Path, out_root: str | Path = "reports", device: str = "auto",
                  quiet: bool = False, only: list[str] | None = None, root: str | Path | None = None,
-                 seed: int | None = None, trust_code: bool = False) -> dict:
+                 seed: int | None = None, trust_code: bool = False, overrides: list[str] | None = None) -> dict:
     """Render the figures of a spec into ``<out_root>/<name>/`` and return the provenance record.
 
     Parameters
@@ -1035,10 +1111,12 @@ def build_report(spec_path: str | Path, out_root: str | Path = "reports", device
         Anything wrong in the spec or its inputs, found before the first computation.
     OutputError
         Another run is writing into the same folder, or an output would replace an input.
+    overrides : list of str, optional
+        ``KEY=VALUE`` changes to the spec (``--set``), see :func:`apply_overrides`.
     """
     t0 = time.perf_counter()
     raw, text_ = read_spec(spec_path)
-    spec = validate_spec(raw, text_, spec_path)
+    spec = validate_spec(apply_overrides(raw, overrides), text_, spec_path)  # --set KEY=VALUE
     _not_in_use(Path(out_root) / spec.name, spec.name)
     plan = plan_report(spec, out_root, root=root, device=device, only=only, seed=seed, trust_code=trust_code,
                        verbose=False if quiet else None)

@@ -6,6 +6,27 @@ Every zoo model maps an input batch ``(N, C, H, W)`` to logits and exposes
 * ``head``: the final ``nn.Linear(d, num_classes)``, so margin losses see features and
   classifier weights (``forward(x) == head(features(x))``).
 
+Every zoo builder takes ``input_shape`` (any channel count and image size: 28x28x1 MNIST,
+48x48x1 FER-2013, 32x32x3 CIFAR) and ``num_classes`` from the checkpoint meta. The families
+live in one module each:
+
+==========================  ============================================================
+module                      architectures
+==========================  ============================================================
+``models.digits``           ``mlp``, ``cnn``, ``resnet``, ``plain`` (the digits toys)
+``models.resnet``           ``resnet20`` ... ``resnet110`` (+ ``_noshort``), ``resnet18/34/50``,
+                            ``wrn56_2``, ``wrn56_4`` (Li et al.'s layout and parameter names)
+``models.vgg``              ``vgg9``, ``vgg11``, ``vgg16``, ``vgg19`` (Li et al.'s layout)
+``models.densenet``         ``densenet121`` (Li et al.), ``densenet_bc100`` (Huang et al.)
+``models.wrn``              ``wrn28_10``, ``wrn16_4`` (Zagoruyko & Komodakis)
+``models.resnet9``          ``resnet9`` (the DAWNBench ResNet-9 of seed 003)
+``models.vit``              ``vit_tiny`` (patch 4)
+==========================  ============================================================
+
+A zoo class may declare ``foreign_keys``, a documented map from the parameter-name prefixes of
+the code its layout comes from to its own (e.g. Li et al.'s ``linear.`` is our ``head.``);
+:func:`landscape.load_checkpoint` applies it to files saved by that code.
+
 A user's own architecture plugs in with :func:`register`, or as a ``"module:Class"`` path that
 is imported only when the user opts in (see :func:`resolve`): a checkpoint's meta is data and
 never decides which code runs.
@@ -15,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-import math
 import os
 import sys
 from typing import Callable, Sequence
@@ -23,7 +43,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .errors import ArchitectureError, did_you_mean
+from ..errors import ArchitectureError, did_you_mean
 
 _ARCHS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -150,11 +170,24 @@ def build(name: str, input_shape: Sequence[int] | None = None, num_classes: int 
     return model
 
 
-# -- the zoo -------------------------------------------------------------------------------
+def split_head(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None:
+    """Return ``(features, head)`` when the model exposes both, else ``None``."""
+    head = getattr(model, "head", None)
+    feats = getattr(model, "features", None)
+    if isinstance(head, nn.Linear) and callable(feats):
+        return feats, head
+    return None
+
+
 class ZooModel(nn.Module):
-    """Common shape of zoo models: ``body`` -> features -> linear ``head``."""
+    """Common shape of zoo models: ``features(x)`` -> linear ``head``.
+
+    ``foreign_keys`` maps parameter-name prefixes of the code a layout was taken from to this
+    class's own names; it is applied on load to files that use the foreign names.
+    """
 
     head: nn.Linear
+    foreign_keys: dict[str, str] = {}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
         """Penultimate features ``(N, d)`` of ``x`` (implemented by subclasses)."""
@@ -165,137 +198,42 @@ class ZooModel(nn.Module):
         return self.head(self.features(x))
 
 
-@register("mlp")
-class MLP(ZooModel):
-    """Fully connected net of seed 000: blocks of affine, batchnorm, ReLU and dropout.
+def variant(name: str, cls: type[nn.Module], summary: str, **defaults) -> Callable[..., nn.Module]:
+    """Register ``name`` as ``cls`` with fixed ``defaults`` (a depth, widths); arch_kwargs override them."""
+    def builder(input_shape=(3, 32, 32), num_classes=10, **kwargs):
+        return cls(input_shape=tuple(input_shape), num_classes=int(num_classes), **{**defaults, **kwargs})
 
-    Parameters
-    ----------
-    input_shape : tuple of int
-        Shape of one input; it is flattened.
-    num_classes : int
-        Number of classes.
-    hidden : sequence of int
-        Widths of the hidden blocks; the last one is the feature dimension.
-    dropout : float
-        Dropout probability after each block (inactive in eval mode).
-    head_bias : bool
-        Whether the classifier has a bias (margin losses use only its weights).
-    """
-
-    def __init__(self, input_shape=(1, 8, 8), num_classes=10, hidden=(128, 64), dropout=0.1, head_bias=True):
-        super().__init__()
-        width = math.prod(input_shape)
-        layers: list[nn.Module] = [nn.Flatten()]
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(dropout)]
-            width = h
-        self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(width, num_classes, bias=head_bias)
-
-    def features(self, x):
-        """Output of the last hidden block."""
-        return self.body(x)
+    builder.__name__ = builder.__qualname__ = name
+    fixed = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+    builder.__doc__ = f"{summary}: ``{cls.__name__}``{f' with {fixed}' if fixed else ''}; arch_kwargs override these."
+    return register(name, builder)
 
 
-def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+def foreign_keys(model: nn.Module) -> dict[str, str]:
+    """The prefix map from a layout's original parameter names to the model's own (empty when none)."""
+    keys = getattr(model, "foreign_keys", None)
+    return dict(keys) if isinstance(keys, dict) else {}
 
 
-@register("cnn")
-class CNN(ZooModel):
-    """Small convolutional net with batchnorm (for Grad-CAM): three conv blocks, global pooling.
-
-    The last convolution (``body.conv3``) keeps a spatial map for Grad-CAM.
-    """
-
-    def __init__(self, input_shape=(1, 8, 8), num_classes=10, channels=(16, 32, 32), head_bias=True):
-        super().__init__()
-        c1, c2, c3 = channels
-        cin = input_shape[0]
-        self.body = nn.Sequential()
-        for i, (a, b) in enumerate([(cin, c1), (c1, c2)], start=1):
-            conv, bn, act = _conv_bn(a, b)
-            self.body.add_module(f"conv{i}", conv)
-            self.body.add_module(f"bn{i}", bn)
-            self.body.add_module(f"relu{i}", act)
-        self.body.add_module("pool", nn.MaxPool2d(2) if min(input_shape[1:]) >= 8 else nn.Identity())
-        conv, bn, act = _conv_bn(c2, c3)
-        self.body.add_module("conv3", conv)
-        self.body.add_module("bn3", bn)
-        self.body.add_module("relu3", act)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(c3, num_classes, bias=head_bias)
-
-    def features(self, x):
-        """Globally average-pooled output of the conv body, flattened."""
-        return self.pool(self.body(x)).flatten(1)
+def spatial_after(size: int, halvings: int, ceil: bool = False) -> int:
+    """Side of a map after ``halvings`` stride-2 steps (floor as a strided conv, or ceil-mode pooling)."""
+    for _ in range(halvings):
+        size = -(-size // 2) if ceil else size // 2
+    return size
 
 
-class Block(nn.Module):
-    """Basic residual block (two 3x3 convs); ``shortcut=False`` gives the plain block."""
-
-    def __init__(self, cin: int, cout: int, stride: int, shortcut: bool):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module | None = None
-        if shortcut:
-            self.shortcut = nn.Identity()
-            if stride != 1 or cin != cout:
-                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        """ReLU of the two conv-batchnorm layers' output plus the shortcut (if any)."""
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.shortcut is not None:
-            out = out + self.shortcut(x)
-        return torch.relu(out)
+def check_input(name: str, input_shape: Sequence[int], min_side: int = 1) -> tuple[int, int, int]:
+    """``(C, H, W)`` of an image input shape, refused with a clear message when it cannot work."""
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ArchitectureError(f"{name} takes images: input_shape must be (channels, height, width), got {shape}.")
+    if min(shape[1:]) < min_side:
+        raise ArchitectureError(f"{name} needs images of at least {min_side}x{min_side} pixels, got "
+                                f"{shape[1]}x{shape[2]}; use a larger input or a smaller architecture.")
+    return shape  # type: ignore[return-value]
 
 
-class _ResNetLike(ZooModel):
-    def __init__(self, input_shape, num_classes, widths, blocks, shortcut, head_bias):
-        super().__init__()
-        cin = input_shape[0]
-        self.stem = nn.Sequential(*_conv_bn(cin, widths[0]))
-        stages = []
-        prev = widths[0]
-        for i, (w, n) in enumerate(zip(widths, blocks)):
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                stages.append(Block(prev, w, stride, shortcut))
-                prev = w
-        self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(prev, num_classes, bias=head_bias)
-
-    def features(self, x):
-        return self.pool(self.stages(self.stem(x))).flatten(1)
-
-
-@register("resnet")
-class ResNet(_ResNetLike):
-    """Tiny residual net: a stem and stages of basic blocks with identity/projection shortcuts."""
-
-    def __init__(self, input_shape=(1, 8, 8), num_classes=10, widths=(16, 32), blocks=(2, 2), head_bias=True):
-        super().__init__(input_shape, num_classes, widths, blocks, True, head_bias)
-
-
-@register("plain")
-class Plain(_ResNetLike):
-    """The ``resnet`` without shortcuts (Li et al.'s comparison of shortcut vs. no shortcut)."""
-
-    def __init__(self, input_shape=(1, 8, 8), num_classes=10, widths=(16, 32), blocks=(2, 2), head_bias=True):
-        super().__init__(input_shape, num_classes, widths, blocks, False, head_bias)
-
-
-def split_head(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None:
-    """Return ``(features, head)`` when the model exposes both, else ``None``."""
-    head = getattr(model, "head", None)
-    feats = getattr(model, "features", None)
-    if isinstance(head, nn.Linear) and callable(feats):
-        return feats, head
-    return None
+# The families register themselves on import; they use the names defined above.
+from . import densenet, digits, resnet, resnet9, vgg, vit, wrn  # noqa: E402,F401
+from .digits import CNN, MLP, Plain, ResNet  # noqa: E402,F401
+from .resnet import BasicBlock as Block  # noqa: E402,F401
