@@ -49,7 +49,9 @@ class Plot:
         if self.interactive:
             path = stem.with_suffix(".html")
             with atomic_path(path) as tmp:
-                self.fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
+                # plotly's page is 100% high plus the body's default margin: in a report iframe that scrolls
+                self.fig.write_html(str(tmp), include_plotlyjs=True, full_html=True,
+                                    post_script="document.body.style.margin = '0';")
         else:
             path = stem.with_suffix(".png")
             with atomic_path(path) as tmp:
