@@ -125,6 +125,7 @@ def test_shipped_manifest_matches_checkpoints(digits_test):
         loss, acc = ck.evaluate(digits_test)
         assert acc == pytest.approx(row["test_accuracy"], abs=1e-9), row["name"]
         assert ck.meta["metrics"]["test_accuracy"] == row["test_accuracy"]
+        assert ck.digest == row["digest"] and row["digest"] in readme, row["name"]
         assert f"{row['test_accuracy']:.4f}" in readme
         assert row["test_accuracy"] > 0.85, f"{row['name']} trained poorly"
 
