@@ -468,6 +468,33 @@ def test_m1_is_table_4s_softplus_without_the_search_spaces_eps():
     assert 0 < float((search - ours).max()) <= EPS
 
 
+def test_a2_the_shipped_evolved_loss_is_the_same_under_every_reading():
+    # its terms carry a factor y, so no class without target mass contributes under any reading
+    z = torch.randn(16, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.arange(16) % 10
+    values = {r: float(L.get("a2", reading=r)(z, y)) for r in ("support", "literal", "target", "search")}
+    assert len(set(values.values())) == 1, values
+
+
+def test_the_evidence_table_of_the_docs_is_what_the_code_measures():
+    # docs/evolved-losses.md, phenotype rows (the training rows are pinned by the slow test below)
+    from landscape.losses.evidence import phenotype_statements
+
+    default = phenotype_statements("support")
+    assert default["peaks_at_1"] == ["r1"]
+    assert default["fig8"] == {"max": pytest.approx(0.17724, abs=1e-5), "y": 1.0, "yhat": pytest.approx(0.02)}
+    assert default["m1_m2"] == pytest.approx(0.0087, abs=1e-4)
+    assert default["corr"]["c0-c1"] == pytest.approx(0.09, abs=0.005)
+    literal = phenotype_statements("literal")
+    assert literal["peaks_at_1"] == ["b0", "b1", "b2", "c0", "c1", "c2", "r0", "r1"]
+    assert literal["corr"]["c0-c1"] == pytest.approx(0.06, abs=0.005)
+    authors = phenotype_statements("literal", grid="open")
+    assert authors["hook"]["c0"]["rise"] == pytest.approx(0.0448, abs=5e-4)
+    assert authors["holds"]["small hook (C0, C1, C2)"] is False  # C1 and C2 have none
+    assert authors["peaks_at_1"] == ["b0", "c1", "c2", "r0", "r1"]
+    assert not any(phenotype_statements(r)["holds"]["C0 ~ C1 unlike C2"] for r in ("support", "literal", "target"))
+
+
 def _train_accuracy(formula: str, reading: str, epochs: int) -> float:
     from landscape.losses.evidence import train_accuracy
 
