@@ -183,6 +183,11 @@ class Evolved(ElementwiseLoss):
     reading : {"support", "literal", "target", "search", "ln"}
         Which classes the sum of Table 4 runs over and with which sign (module docstring);
         ``"literal"`` is Table 4 as printed with every class summed.
+
+    Notes
+    -----
+    M1 is Table 4's ``ln(1 + exp(yh - y))`` as printed, without ``eps``; the search space's own
+    softplus node is ``ln(|1 + e^x| + eps)``, at most ``eps / (1 + e^x) < 1e-7`` away.
     """
 
     def __init__(self, formula: str, label_smoothing: float = 0.0, eps: float = EPS,
