@@ -174,7 +174,7 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
 
 # -- random directions -----------------------------------------------------------------------
 def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
-                      ignore: str | None = "biasbn") -> Directions:
+                      ignore: str | None = "biasbn", one_d: str = "random") -> Directions:
     """Seeded Gaussian directions, normalised against the model's weights.
 
     Parameters
@@ -189,7 +189,12 @@ def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
         How each parameter's direction is rescaled (see :func:`normalize_direction`).
     ignore : {"biasbn", None}
         ``"biasbn"`` zeroes the directions of one-dimensional parameters (biases, batchnorm
-        weights and shifts), as Li et al. do; ``None`` keeps and normalises them too.
+        weights and shifts), as Li et al. do; ``None`` keeps them (see ``one_d``).
+    one_d : {"random", "li"}
+        With ``ignore=None``, a one-dimensional parameter's direction is its normalised random
+        draw (``"random"``) or, as in Li et al.'s code (``net_plotter.normalize_directions_for_weights``),
+        a copy of the parameter itself (``"li"``). The random draw is made either way, so the other
+        parameters' directions do not depend on this choice.
 
     Returns
     -------
@@ -197,6 +202,7 @@ def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
     """
     norm = _check_choice(norm, NORMS, "norm")
     ignore = _check_choice(ignore, IGNORES, "ignore")
+    one_d = _check_choice(one_d, ("random", "li"), "one_d")
     if int(n) < 1:
         raise ArgumentError(f"n={n}: ask for at least one direction.")
     model = _as_model(model)
@@ -211,12 +217,16 @@ def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
             d = torch.randn(w.shape, generator=gen, dtype=torch.float64)
             if w.dim() <= 1 and ignore == "biasbn":
                 d.zero_()
+            elif w.dim() <= 1 and one_d == "li":
+                d = w.clone()
             else:
                 d = normalize_direction(d, w, norm)
             parts.append(d.reshape(-1))
         rows.append(torch.cat(parts).numpy())
-    return Directions(np.stack(rows), names, shapes,
-                      meta={"kind": "random", "seed": int(seed), "norm": norm, "ignore": ignore, "n": int(n)})
+    meta = {"kind": "random", "seed": int(seed), "norm": norm, "ignore": ignore, "n": int(n)}
+    if ignore == "none":  # one_d matters only when one-dimensional parameters move
+        meta["one_d"] = one_d
+    return Directions(np.stack(rows), names, shapes, meta=meta)
 
 
 # -- through checkpoints ---------------------------------------------------------------------

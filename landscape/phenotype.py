@@ -11,6 +11,17 @@ plotted grid; a difference is ``normalised(A) - normalised(B)`` on the same grid
     ph = ls.phenotype("adma", a=0.1)                  # a registered loss with parameters
     ph = ls.phenotype(lambda y, yh: (y - yh) ** 2)    # a user's own elementwise function
     diff = ls.phenotype_difference("A2", "CE")        # PhenotypeDifference
+    ph = ls.phenotype("c1", reading="literal", grid="open")   # Table 4 as printed, the authors' grid
+
+Grids: ``"closed"`` (default) has ``resolution`` points from 0 to 1, so its first and last
+``yhat`` rows are predictions of exactly 0 and 1, where one class's probability is exactly zero
+(a softmax reaches it only by underflow) and the ``eps`` guards of the formulas decide the value;
+``"open"`` runs the predictions from ``eps`` to ``1 - eps`` as the authors' search code does
+(``linspace(eps, 1 - eps, 1000)`` in its phenotype check); targets always run from 0 to 1, as a
+one-hot target is exactly 0 or 1. Min-max normalisation is over the whole
+grid, endpoints included, as seed 003's Fig. 8 needs (its 0.188 at ``yh = 0.02`` is relative to
+the values at the corners). :attr:`Phenotype.edges` marks the two endpoint rows, which figures
+leave out by default.
 """
 from __future__ import annotations
 
@@ -21,10 +32,18 @@ import numpy as np
 import torch
 
 from . import losses
-from .errors import ArgumentError, LossError
+from .errors import ArgumentError, LossError, check_choice, check_scalar
 from .results import Result
 
 LossLike = Union[str, "losses.ProbabilityLoss", "losses.Combined", Callable]
+GRIDS = ("closed", "open")
+EDGE = 2e-7  # a prediction within this of 0 or 1 is an endpoint row (the grids' ends are 0, 1 or eps, 1 - eps)
+
+
+def edge_rows(yhat: np.ndarray) -> np.ndarray:
+    """Boolean mask of the ``yhat`` rows at a probability endpoint (0, 1, ``eps`` or ``1 - eps``)."""
+    yhat = np.asarray(yhat, dtype=np.float64)
+    return (yhat <= EDGE) | (yhat >= 1.0 - EDGE)
 
 
 @dataclasses.dataclass(repr=False)
@@ -44,7 +63,8 @@ class Phenotype(Result):
     binary_raw, binary_normalized : ndarray (nyh,)
         The ``y = 1`` slice, raw and min-max scaled over itself.
     meta : dict
-        ``loss`` (the name or spec), ``label`` (for legends), ``resolution``, ``convention``.
+        ``loss`` (the name or spec), ``label`` (for legends), ``resolution``, ``grid``,
+        ``convention``.
     """
 
     y: np.ndarray
@@ -62,6 +82,11 @@ class Phenotype(Result):
         """Legend label: ``meta["label"]``, else the loss name."""
         return str(self.meta.get("label", self.meta.get("loss", "loss")))
 
+    @property
+    def edges(self) -> np.ndarray:
+        """Boolean mask over ``yhat``: the endpoint rows (a prediction of 0 or 1, or ``eps`` from it)."""
+        return edge_rows(self.yhat)
+
 
 @dataclasses.dataclass(repr=False)
 class PhenotypeDifference(Result):
@@ -78,7 +103,10 @@ class PhenotypeDifference(Result):
     a, b : ndarray (nyh, ny)
         The two normalised phenotypes.
     meta : dict
-        ``loss_a``, ``loss_b`` (labels), ``resolution``, ``max``/``argmax`` of the difference.
+        ``loss_a``, ``loss_b`` (labels), ``resolution``, ``grid``; ``max`` and ``argmax`` of the
+        difference away from the endpoint rows (:attr:`edges`), ``ties`` (every other grid point
+        within 1e-9 of that maximum: the two-class sum is symmetric under ``(y, yh) -> (1 - y,
+        1 - yh)``, and the largest ``y`` is reported first), ``min``, and ``max_all`` over every row.
     """
 
     y: np.ndarray
@@ -90,6 +118,11 @@ class PhenotypeDifference(Result):
     meta: dict = dataclasses.field(default_factory=dict)
 
     kind = "phenotype_difference"
+
+    @property
+    def edges(self) -> np.ndarray:
+        """Boolean mask over ``yhat``: the endpoint rows (a prediction of 0 or 1, or ``eps`` from it)."""
+        return edge_rows(self.yhat)
 
 
 def minmax(values: np.ndarray) -> np.ndarray:
@@ -141,7 +174,16 @@ def phenotype_names() -> list[str]:
     return [n for n in losses.names() if isinstance(losses.get(n), losses.ProbabilityLoss)]
 
 
-def phenotype(loss: LossLike, resolution: int = 51, label: str | None = None, **params) -> Phenotype:
+def phenotype_grid(resolution: int, grid: str = "closed") -> np.ndarray:
+    """The ``resolution`` predictions ``yhat``: from 0 to 1 (``"closed"``) or ``eps`` to ``1 - eps`` (``"open"``)."""
+    resolution = check_scalar(resolution, "resolution", int, min=2)
+    grid = check_choice(grid, "grid", GRIDS)
+    lo = 0.0 if grid == "closed" else losses.EPS
+    return np.linspace(lo, 1.0 - lo, resolution)
+
+
+def phenotype(loss: LossLike, resolution: int = 51, label: str | None = None, grid: str = "closed",
+              **params) -> Phenotype:
     """The 3D and binary phenotype of ``loss`` on a ``resolution`` x ``resolution`` grid over ``[0, 1]^2``.
 
     Parameters
@@ -155,8 +197,12 @@ def phenotype(loss: LossLike, resolution: int = 51, label: str | None = None, **
         Points per axis, ``>= 2`` (default 51, endpoints included).
     label : str, optional
         Legend label (default: the name or spec as given, or the function's name).
+    grid : {"closed", "open"}
+        Predictions from 0 to 1, or from ``eps`` to ``1 - eps`` as the authors' search code
+        evaluates its phenotypes (module docstring); targets always from 0 to 1.
     **params
-        Parameters of a registered loss (``phenotype("adma", a=0.1)``).
+        Parameters of a registered loss (``phenotype("adma", a=0.1)``,
+        ``phenotype("c1", reading="literal")``).
 
     Returns
     -------
@@ -167,29 +213,37 @@ def phenotype(loss: LossLike, resolution: int = 51, label: str | None = None, **
     LossError
         Unknown name, or a loss with no phenotype (margin and logit losses).
     ArgumentError
-        Bad resolution, or a user function that is not finite on the grid.
+        Bad resolution or grid, or a user function that is not finite on the grid.
     """
-    if int(resolution) != resolution or resolution < 2:
-        raise ArgumentError(f"resolution must be an integer >= 2, got {resolution!r}.")
+    yhat = phenotype_grid(resolution, grid)
+    targets = np.linspace(0.0, 1.0, len(yhat))  # targets are one-hot in training: 0 and 1 are real values
     fn, default_label = _resolve(loss, params)
     label = default_label if label is None else str(label)
-    grid = np.linspace(0.0, 1.0, int(resolution))
-    y, yh = np.meshgrid(grid, grid)  # rows: yhat, columns: y
+    y, yh = np.meshgrid(targets, yhat)  # rows: yhat, columns: y
     raw = np.asarray(fn(y, yh), dtype=np.float64)
     if not np.isfinite(raw).all():
         bad = np.argwhere(~np.isfinite(raw))[0]
-        raise ArgumentError(f"loss {label!r} is not finite at y={grid[bad[1]]:g}, yh={grid[bad[0]]:g}; protect its "
-                            "logs and divisions with eps (ln(|x| + 1e-7), a / (b + 1e-7)).")
+        raise ArgumentError(f"loss {label!r} is not finite at y={targets[bad[1]]:g}, yh={yhat[bad[0]]:g}; protect "
+                            "its logs and divisions with eps (ln(|x| + 1e-7), a / (b + 1e-7)).")
     binary = raw[:, -1].copy()  # the y = 1 column
     meta = {"loss": loss if isinstance(loss, str) else default_label, "label": label, "params": dict(params),
-            "resolution": int(resolution), "convention": "two-class: targets (y, 1-y), predictions (yh, 1-yh), summed",
+            "resolution": len(yhat), "grid": grid,
+            "convention": "two-class: targets (y, 1-y), predictions (yh, 1-yh), summed",
             "axes": "raw[i, j] = L(y[j], yhat[i])"}
-    return Phenotype(y=grid, yhat=grid.copy(), raw=raw, normalized=minmax(raw), binary_raw=binary,
+    return Phenotype(y=targets, yhat=yhat, raw=raw, normalized=minmax(raw), binary_raw=binary,
                      binary_normalized=minmax(binary), meta=meta)
 
 
-def phenotype_difference(a: LossLike | Phenotype, b: LossLike | Phenotype = "ce", resolution: int = 51
-                         ) -> PhenotypeDifference:
+def _largest(diff: np.ndarray, y: np.ndarray, yhat: np.ndarray, rows: np.ndarray) -> tuple[float, list[dict]]:
+    """The largest value of ``diff`` over ``rows`` and every grid point within 1e-9 of it, largest ``y`` first."""
+    top = float(diff[rows].max())
+    where = [(float(y[j]), float(yhat[i])) for i, j in np.argwhere(diff >= top - 1e-9) if rows[i]]
+    where.sort(key=lambda p: (-p[0], p[1]))
+    return top, [{"y": a, "yhat": b} for a, b in where]
+
+
+def phenotype_difference(a: LossLike | Phenotype, b: LossLike | Phenotype = "ce", resolution: int = 51,
+                         grid: str = "closed") -> PhenotypeDifference:
     """``normalized(a) - normalized(b)`` on the same grid (seed 003 Fig. 8: A2 - CE).
 
     Parameters
@@ -198,21 +252,25 @@ def phenotype_difference(a: LossLike | Phenotype, b: LossLike | Phenotype = "ce"
         Anything :func:`phenotype` takes, or phenotypes already computed on one grid.
     resolution : int
         Points per axis when a loss (not a phenotype) is given.
+    grid : {"closed", "open"}
+        As in :func:`phenotype`, when a loss is given.
 
     Returns
     -------
     PhenotypeDifference
     """
-    pa = a if isinstance(a, Phenotype) else phenotype(a, resolution)
-    pb = b if isinstance(b, Phenotype) else phenotype(b, resolution)
-    if pa.raw.shape != pb.raw.shape or not (np.allclose(pa.y, pb.y) and np.allclose(pa.yhat, pb.yhat)):
+    pa = a if isinstance(a, Phenotype) else phenotype(a, resolution, grid=grid)
+    pb = b if isinstance(b, Phenotype) else phenotype(b, resolution, grid=grid)
+    if pa.raw.shape != pb.raw.shape or not (np.allclose(pa.y, pb.y) and np.allclose(pa.yhat, pb.yhat, rtol=0,
+                                                                                      atol=1e-9)):
         raise ArgumentError(f"phenotypes {pa.label!r} and {pb.label!r} are on different grids "
-                            f"({pa.raw.shape} vs {pb.raw.shape}); compute both with the same resolution.")
+                            f"({pa.raw.shape} vs {pb.raw.shape}); compute both with the same resolution and grid.")
     diff = pa.normalized - pb.normalized
-    i, j = np.unravel_index(np.argmax(diff), diff.shape)
-    meta = {"loss_a": pa.label, "loss_b": pb.label, "resolution": len(pa.y),
-            "max": float(diff[i, j]), "argmax": {"y": float(pa.y[j]), "yhat": float(pa.yhat[i])},
-            "min": float(diff.min())}
+    inner = ~edge_rows(pa.yhat)
+    top, where = _largest(diff, pa.y, pa.yhat, inner if inner.any() else ~inner)
+    meta = {"loss_a": pa.label, "loss_b": pb.label, "resolution": len(pa.y), "grid": pa.meta.get("grid", "closed"),
+            "max": top, "argmax": where[0], "ties": where[1:], "min": float(diff.min()),
+            "max_all": float(diff.max())}
     return PhenotypeDifference(y=pa.y, yhat=pa.yhat, difference=diff,
                                binary_difference=pa.binary_normalized - pb.binary_normalized,
                                a=pa.normalized, b=pb.normalized, meta=meta)

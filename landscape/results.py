@@ -31,7 +31,7 @@ RESULT_MODULES = {
     "Directions": "directions",
     "EigenMap": "hessian", "Density": "hessian",
     "Features": "features",
-    "Embedding": "embedding", "Sphere": "embedding", "StatsTable": "embedding",
+    "Embedding": "embedding", "Sphere": "embedding", "StatsTable": "embedding", "AngularStats": "embedding",
     "Phenotype": "phenotype", "PhenotypeDifference": "phenotype",
     "CAM": "gradcam",
 }

@@ -19,7 +19,7 @@ from torch import nn
 
 import landscape as ls
 from landscape.errors import ArgumentError
-from landscape.gradcam import CAM, conv_layers, gradcam
+from landscape.gradcam import CAM, gradcam
 
 METHODS = ("gradcam", "gradcam++", "guided-backprop", "guided-gradcam")
 
@@ -41,12 +41,12 @@ def test_gradcam_matches_captum_layer_gradcam(cnn, images):
     cam = gradcam(cnn, images)
     x, _ = cnn.prepare(images)
     target = torch.as_tensor(cam.target)
-    ref = LayerGradCam(cnn.model, cnn.model.body.conv3).attribute(x, target=target, relu_attributions=True).detach()
+    ref = LayerGradCam(cnn.model, cnn.model.body.relu3).attribute(x, target=target, relu_attributions=True).detach()
     np.testing.assert_allclose(cam.raw, ref[:, 0].numpy(), atol=1e-5, rtol=0)
     up = LayerAttribution.interpolate(ref, (8, 8), "bilinear")[:, 0]
     up = up / up.flatten(1).amax(1)[:, None, None]
     np.testing.assert_allclose(cam.maps, up.numpy(), atol=1e-5, rtol=0)
-    assert cam.meta["layer"] == "body.conv3" and cam.meta["layer_shape"] == [4, 4]
+    assert cam.meta["layer"] == "body.relu3" and cam.meta["layer_shape"] == [4, 4]
 
 
 def test_guided_backprop_matches_captum(cnn, images):
@@ -67,10 +67,10 @@ def test_guided_gradcam_matches_captum(cnn, images):
     x, _ = cnn.prepare(images)
     target = torch.full((len(x),), 3)
     with captum_quiet():
-        ref = GuidedGradCam(cnn.model, cnn.model.body.conv3).attribute(
+        ref = GuidedGradCam(cnn.model, cnn.model.body.relu3).attribute(
             x.clone(), target=target, interpolate_mode="bilinear").detach()
     # captum multiplies by the unscaled map; ours is scaled by each map's maximum
-    raw = LayerGradCam(cnn.model, cnn.model.body.conv3).attribute(x, target=target, relu_attributions=True)
+    raw = LayerGradCam(cnn.model, cnn.model.body.relu3).attribute(x, target=target, relu_attributions=True)
     peak = LayerAttribution.interpolate(raw, (8, 8), "bilinear").flatten(1).amax(1).detach()
     keep = peak > 0
     np.testing.assert_allclose(cam.guided[keep.numpy()], (ref[keep] / peak[keep, None, None, None]).numpy(),
@@ -280,11 +280,27 @@ def test_predictions_confidence_and_explicit_targets(cnn, images):
     assert 0 <= explicit.maps.min() and explicit.maps.max() <= 1
 
 
-def test_default_layer_is_the_last_convolution_run(zoo_path, images):
-    ck = ls.load_checkpoint(zoo_path("resnet-ce"), device="cpu")
-    cam = gradcam(ck, images.subset(4, seed=0))
-    assert cam.meta["layer"] == "stages.3.conv2"
-    assert conv_layers(ck.model)[-1] == "stages.3.conv2"
+def test_default_layer_is_the_last_blocks_rectified_output(cnn, zoo_path, digits_test):
+    # Selvaraju et al. and seed 002 take the last conv block after its batchnorm and ReLU
+    model = cnn.model
+    order = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n)) for n, m in model.named_modules() if n]
+    model(torch.zeros(1, 1, 8, 8))
+    for h in hooks:
+        h.remove()
+    last_conv = max(i for i, n in enumerate(order) if isinstance(model.get_submodule(n), nn.Conv2d))
+    relus = [n for n in order[last_conv:] if isinstance(model.get_submodule(n), nn.ReLU)]
+    cam = gradcam(cnn, digits_test.subset(4, seed=0))
+    assert cam.meta["layer"] == relus[-1] == "body.relu3"
+    # the residual nets end their last block in a functional ReLU: the block itself is the layer
+    resnet = ls.load_checkpoint(zoo_path("resnet-ce"), device="cpu")
+    assert gradcam(resnet, digits_test.subset(4, seed=0)).meta["layer"] == "stages.3"
+    # Grad-CAM++ at the raw convolution gives all-zero maps for some digits; at the rectified output none
+    at_conv = gradcam(cnn, digits_test, target_layer="body.conv3", method="gradcam++")
+    default = gradcam(cnn, digits_test, method="gradcam++")
+    peak = lambda c: c.maps.reshape(len(c.maps), -1).max(1)  # noqa: E731
+    assert (peak(at_conv) == 0).sum() >= 1
+    assert (peak(default) > 0).all()
 
 
 def test_layer_by_module_and_by_name_agree(cnn, images):

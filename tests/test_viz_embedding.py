@@ -100,11 +100,50 @@ def test_sphere_is_interactive_and_offline(tmp_path):
     assert [t.name for t in points] == CLASSES
     np.testing.assert_allclose(np.concatenate([np.c_[t.x, t.y, t.z] for t in points]), sph.points, atol=1e-6)
     lines = [t for t in plot.fig.data if t.type == "scatter3d" and t.mode == "lines"]
-    np.testing.assert_allclose([[t.x[1], t.y[1], t.z[1]] for t in lines], 1.2 * sph.centers, atol=1e-12)
+    ends = np.array([[t.x[1], t.y[1], t.z[1]] for t in lines])
+    np.testing.assert_allclose(ends, sph.centers, atol=1e-12)  # the centre lines stop at the sphere
+    np.testing.assert_allclose(np.linalg.norm(ends, axis=1), 1.0, atol=1e-12)
     html = plot.save(tmp_path / "sphere")[0].read_text()
     assert "<script src=" not in html  # plotly.js embedded, no CDN: works offline
     assert len(html) > 1_000_000 and "Plotly.newPlot" in html
     assert "projected by PCA to 3 dimensions" in plot.caption
+    # what the picture keeps, on the figure and in the caption
+    fid = sph.fidelity
+    assert f"{100 * fid['explained_variance']:.0f}% variance, stress {fid['stress']:.2f}" in plot.fig.layout.title.text
+    assert f"angle rank corr {fid['spearman']:.2f}" in plot.fig.layout.title.text
+    assert f"stress {fid['stress']:.3f} and rank correlation {fid['spearman']:.3f}" in plot.caption
+    assert plot.values["fidelity"] == fid
+
+
+def test_interactive_figures_fit_the_report_iframe(tmp_path):
+    import re
+
+    from viz.embedding import FRAME_HEIGHT
+    from viz.report import write_index
+
+    spheres = {"ce": ls.hypersphere(_features(8, 0), dim=3), "mam": ls.hypersphere(_features(8, 1), dim=3)}
+    for plot in (hypersphere(spheres["ce"]), hypersphere_grid(spheres, interactive=True, table=False),
+                 hypersphere_grid(spheres, interactive=True, table=True)):
+        layout = plot.fig.layout
+        # full width of the frame, a fixed height below it, the legend laid out below the panels
+        assert layout.width is None and layout.autosize and layout.height == FRAME_HEIGHT
+        assert layout.legend.orientation == "h" and layout.legend.yanchor == "top"
+    index = write_index(tmp_path, {"title": "t", "data": "d", "seed": 0, "device": "cpu", "figures": [
+        {"id": "s", "title": "sphere", "files": ["s.html"], "caption": "", "seconds": {"compute": 0, "draw": 0}}]})
+    frame = int(re.search(r"\.figs iframe \{[^}]*height: (\d+)px", index.read_text()).group(1))
+    assert FRAME_HEIGHT <= frame
+    # plotly's page is 100 % of the frame high; its body's default margin would make the frame scroll
+    html = hypersphere(spheres["ce"]).save(tmp_path / "one")[0].read_text()
+    assert "<style>html, body { margin: 0; }</style>" in html
+
+
+def test_static_sphere_centre_lines_end_on_the_sphere():
+    sph = ls.hypersphere(_features(8), dim=3)
+    plot = hypersphere(sph, interactive=False)
+    ax = plot.fig.axes[0]
+    ends = np.array([np.asarray(line.get_data_3d())[:, -1] for line in ax.lines])
+    np.testing.assert_allclose(ends, sph.centers, atol=1e-6)
+    plot.close()
 
 
 def test_static_sphere_and_interactive_circle():
@@ -127,6 +166,23 @@ def test_stats_table_shows_the_computed_statistics():
     plot.close()
     interactive = stats_table(table, interactive=True)
     assert list(interactive.fig.data[0].cells.values[0]) == ["ce", "mam"]
+
+
+@pytest.mark.parametrize("interactive", [True, False])
+def test_grid_warns_on_the_figure_when_the_pictures_rank_separation_the_other_way(interactive):
+    a, b = ls.hypersphere(_features(8, 0), dim=3), ls.hypersphere(_features(8, 1), dim=3)
+    # make the drawn separation rank them the other way from the full space
+    full = sorted([("ce", a), ("mam", b)], key=lambda kv: -kv[1].stats["separation"])
+    (hi, s_hi), (lo, s_lo) = full
+    s_hi.fidelity["separation_drawn"], s_lo.fidelity["separation_drawn"] = 10.0, 20.0
+    with pytest.warns(UserWarning, match=f"rank the class separation {lo} > {hi}"):
+        plot = hypersphere_grid({hi: s_hi, lo: s_lo}, interactive=interactive)
+    assert plot.caption.startswith("Warning: the pictures rank") and not plot.values["ranking"]["agree"]
+    if interactive:
+        assert any("Warning" in (a.text or "") for a in plot.fig.layout.annotations)
+    else:
+        assert plot.fig._suptitle.get_text().startswith("Warning") and plot.fig._suptitle.get_color() == "#b00020"
+        plot.close()
 
 
 @pytest.mark.parametrize("interactive", [True, False])
@@ -167,6 +223,19 @@ def test_embed_command_writes_results_figures_and_table(zoo_path, tmp_path, caps
         assert table.rows["mlp-ce"][key] == pytest.approx(sph.stats[key])
         assert table.rows["cnn-ce"][key] == pytest.approx(cnn.stats[key])
     assert "| mlp-ce |" in capsys.readouterr().out
+
+
+def test_embed_command_warns_about_a_misleading_picture_and_offers_the_stress_projection(zoo_path, tmp_path, capsys):
+    models = [str(zoo_path("mlp-ce")), str(zoo_path("mlp-mam-softmax"))]
+    assert main(["embed", *models, "--method", "sphere", "--out", str(tmp_path / "pca"), "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert "pca picture keeps 40% variance, angle stress 0.48" in captured.out
+    assert "warning: the pictures rank the class separation mlp-ce > mlp-mam-softmax" in captured.err
+    assert main(["embed", *models, "--method", "sphere", "--projection", "stress", "--out", str(tmp_path / "st"),
+                 "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert "stress picture keeps angle stress" in captured.out and "warning" not in captured.err
+    assert ls.Sphere.load(tmp_path / "st" / "mlp-ce-sphere.npz").projection == "stress"
 
 
 def test_embed_command_tsne_onto_the_train_map(zoo_path, tmp_path):
@@ -219,5 +288,19 @@ def test_sphere_grid_renders_offline_in_chromium(tmp_path):
         assert legend == CLASSES
         assert driver.execute_script("return document.querySelectorAll('table, .table').length") >= 1
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        # in a report's 640 px iframe the page neither scrolls nor cuts its legend
+        from viz.report import write_index
+
+        index = write_index(tmp_path, {"title": "t", "data": "d", "seed": 0, "device": "cpu", "figures": [
+            {"id": "g", "title": "grid", "files": [page.name], "caption": "", "seconds": {"compute": 0, "draw": 0}}]})
+        driver.set_window_size(1300, 900)
+        driver.get(index.as_uri())
+        driver.switch_to.frame(driver.find_element("tag name", "iframe"))
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script("return !!document.querySelector('g.legend')"))
+        doc, legend_box = driver.execute_script(
+            "var e = document.documentElement, l = document.querySelector('g.legend').getBoundingClientRect();"
+            "return [[e.scrollHeight, e.clientHeight, e.scrollWidth, e.clientWidth], [l.bottom, l.right]]")
+        assert doc[0] <= doc[1] and doc[2] <= doc[3]
+        assert legend_box[0] <= doc[1] and legend_box[1] <= doc[3]
     finally:
         driver.quit()

@@ -121,7 +121,7 @@ def test_cli_compares_two_checkpoints(zoo_path, tmp_path, capsys):
     cnn, resnet = zoo_path("cnn-ce"), zoo_path("resnet-ce")
     code = main(["gradcam", str(cnn), str(resnet), "--indices", "0", "7", "--device", "cpu", "--out", str(tmp_path)])
     assert code == 0
-    assert "body.conv3" in capsys.readouterr().out
+    assert "body.relu3" in capsys.readouterr().out
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == sorted([f"gradcam-{n}.{ext}" for n in ("cnn-ce", "resnet-ce") for ext in ("png", "json", "npz")]
                              + ["gradcam-compare.png", "gradcam-compare.json"])

@@ -7,8 +7,11 @@ with standard softmax beside MAM-SoftMax. Every function here takes results from
 * :func:`embedding` / :func:`embedding_grid`: t-SNE scatter, one colour per class, with a
   legend of class names; several checkpoints side by side.
 * :func:`hypersphere` / :func:`hypersphere_grid`: points on the unit circle (matplotlib or
-  plotly) or sphere (interactive plotly by default), class-centre directions drawn, the
-  projection named in the title; the statistics table beside the panels of a grid.
+  plotly) or sphere (interactive plotly by default), class-centre directions drawn to the
+  sphere, the projection and what it keeps of the full space (variance, stress, rank
+  correlation of the pairwise angles) under every panel's title; the statistics table beside
+  the panels of a grid, and a warning on the figure when the pictures rank the checkpoints'
+  class separation otherwise than the full feature space does.
 * :func:`stats_table`: the angular statistics of several checkpoints.
 """
 from __future__ import annotations
@@ -17,10 +20,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from landscape.embedding import STAT_COLUMNS, Embedding, Sphere, StatsTable, by_name
+from landscape.embedding import STAT_COLUMNS, Embedding, Sphere, StatsTable, by_name, separation_ranking
 from landscape.errors import ArgumentError
 
 from .figure import Plot
+
+# report pages show interactive figures in iframes 640 px high (viz/report.py); a figure this high
+# fits with the page margins, so the frame neither scrolls nor cuts the legend
+FRAME_HEIGHT = 600
 
 STAT_LABELS = {"accuracy": "accuracy", "compactness": "compactness (deg)", "separation": "separation (deg)",
                "ratio": "ratio", "silhouette": "cosine silhouette", "zero_fraction": "zero features"}
@@ -156,22 +163,49 @@ def _projection_label(sph: Sphere) -> str:
     return f"{sph.projection.upper()} {sph.meta.get('feature_dim', '?')}->{sph.dim}, L2-normalised"
 
 
+def _fidelity_label(sph: Sphere) -> str:
+    """What the picture keeps of the full space, for panel titles: variance, stress, angle rank correlation."""
+    fid = sph.fidelity
+    if not fid:
+        return ""
+    kept = f"{100 * fid['explained_variance']:.0f}% variance, " if fid.get("explained_variance") is not None else ""
+    return f"{kept}stress {fid['stress']:.2f}, angle rank corr {fid['spearman']:.2f}"
+
+
+def _panel_title(name: str, sph: Sphere, sep: str = "\n") -> str:
+    return sep.join(t for t in (name, _projection_label(sph), _fidelity_label(sph)) if t)
+
+
+def _plotly_title(name: str, sph: Sphere) -> str:
+    return name + "".join(f"<br><sub>{t}</sub>" for t in (_projection_label(sph), _fidelity_label(sph)) if t)
+
+
 def _sph_caption(sph: Sphere) -> str:
-    st = sph.stats
+    st, fid = sph.stats, sph.fidelity
     shape = "circle" if sph.dim == 2 else "sphere"
     how = ("as they are" if sph.projection == "none" else
-           f"L2-normalised, projected by {sph.projection.upper()} to {sph.dim} dimensions and normalised again")
+           f"L2-normalised, projected by {sph.projection.upper()} to {sph.dim} dimensions and normalised again"
+           if sph.projection != "stress" else
+           f"L2-normalised and embedded on the {shape} by minimising the stress of the pairwise angles")
     if st.get("n_zero"):
         how += f"; {st['n_zero']} zero feature vectors (no direction) drawn at the centre"
+    kept = ""
+    if fid:
+        variance = (f"{100 * fid['explained_variance']:.1f} % of the variance, "
+                    if fid.get("explained_variance") is not None else "")
+        kept = (f" The picture keeps {variance}pairwise angles with stress {fid['stress']:.3f} and rank "
+                f"correlation {fid['spearman']:.3f} (Spearman; Kendall {fid['kendall']:.3f}) against the full space; "
+                f"drawn separation {fid['separation_drawn']:.2f} deg, compactness {fid['compactness_drawn']:.2f} deg.")
     return (f"{_source(sph.meta)} ({len(sph.y)} points) on the unit {shape}, {how}; lines: class-centre "
             f"directions. Statistics in the full {st.get('dim')}-d space: compactness {st['compactness']:.2f} deg, "
             f"separation {st['separation']:.2f} deg, ratio {st['ratio']:.3f}, cosine silhouette "
-            f"{st['silhouette']:.3f}, accuracy {st['accuracy']:.3f}.")
+            f"{st['silhouette']:.3f}, accuracy {st['accuracy']:.3f}.{kept}")
 
 
 def _sph_values(sph: Sphere) -> dict:
     return {"points": sph.points, "label": sph.y, "centers": sph.centers, "center_labels": sph.stats.get("labels"),
-            "classes": list(sph.classes), "projection": sph.projection, "dim": sph.dim, "stats": _summary(sph.stats)}
+            "classes": list(sph.classes), "projection": sph.projection, "dim": sph.dim, "stats": _summary(sph.stats),
+            "fidelity": dict(sph.fidelity)}
 
 
 def _centre_labels(sph: Sphere) -> list[int]:
@@ -193,7 +227,7 @@ def _draw_circle_mpl(ax, sph: Sphere, title: str, point_size: float, legend: boo
     ax.set_ylim(-1.15, 1.15)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"{title}\n{_projection_label(sph)}", fontsize=9)
+    ax.set_title(_panel_title(title, sph), fontsize=9)
     if legend:
         ax.legend(title="class", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
                   frameon=False)
@@ -207,13 +241,13 @@ def _draw_sphere_mpl(ax, sph: Sphere, title: str, point_size: float, legend: boo
         p = sph.points[sph.y == k]
         ax.scatter(p[:, 0], p[:, 1], p[:, 2], s=point_size, color=colors[k], alpha=0.8, linewidths=0,
                    label=_class_name(sph.classes, k))
-    for k, c in zip(_centre_labels(sph), sph.centers):
-        ax.plot([0, 1.2 * c[0]], [0, 1.2 * c[1]], [0, 1.2 * c[2]], color=colors[k], lw=2.0)
+    for k, c in zip(_centre_labels(sph), sph.centers):  # from the centre to the sphere, where the class lies
+        ax.plot([0, c[0]], [0, c[1]], [0, c[2]], color=colors[k], lw=2.0)
     for set_lim in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
         set_lim(-1.0, 1.0)
     ax.set_box_aspect((1, 1, 1), zoom=1.25)
     ax.set_axis_off()
-    ax.set_title(f"{title}\n{_projection_label(sph)}", fontsize=9)
+    ax.set_title(_panel_title(title, sph), fontsize=9)
     if legend:
         ax.legend(title="class", fontsize=7, title_fontsize=8, loc="center left", bbox_to_anchor=(1.05, 0.5),
                   frameon=False)
@@ -244,15 +278,23 @@ def _sphere_traces(sph: Sphere, point_size: float, showlegend: bool) -> list:
         name = _class_name(sph.classes, k)
         line = dict(mode="lines", name=f"centre {name}", legendgroup=name, showlegend=False,
                     line=dict(color=colors[k], width=6 if sph.dim == 3 else 3))
-        ends = np.stack([np.zeros_like(c), 1.2 * c])
+        ends = np.stack([np.zeros_like(c), c])  # the centre line stops at the sphere
         traces.append(go.Scatter3d(x=ends[:, 0], y=ends[:, 1], z=ends[:, 2], **line) if sph.dim == 3
                       else go.Scatter(x=ends[:, 0], y=ends[:, 1], **line))
     return traces
 
 
 def _scene_layout() -> dict:
-    axis = dict(range=[-1.25, 1.25], showbackground=False, showticklabels=False, title="")
+    axis = dict(range=[-1.1, 1.1], showbackground=False, showticklabels=False, title="")
     return dict(xaxis=axis, yaxis=axis, zaxis=axis, aspectmode="cube")
+
+
+def _frame_layout(fig, top: int = 90) -> None:
+    """Size a plotly figure for a report iframe: full width, ``FRAME_HEIGHT`` high, the legend below the panels."""
+    fig.update_layout(autosize=True, width=None, height=FRAME_HEIGHT, margin=dict(l=10, r=10, t=top, b=10),
+                      legend=dict(title="class", itemsizing="constant", orientation="h", x=0.5, xanchor="center",
+                                  y=0.0, yanchor="top"),
+                      template="plotly_white")
 
 
 def hypersphere(sph: Sphere, interactive: bool | None = None, title: str | None = None,
@@ -282,9 +324,8 @@ def hypersphere(sph: Sphere, interactive: bool | None = None, title: str | None 
         import plotly.graph_objects as go
 
         fig = go.Figure(_sphere_traces(sph, point_size or 3.0, showlegend=True))
-        fig.update_layout(title=dict(text=f"{title}<br><sub>{_projection_label(sph)}</sub>"),
-                          legend=dict(title="class", itemsizing="constant"), width=700, height=620,
-                          template="plotly_white")
+        fig.update_layout(title=dict(text=_plotly_title(title, sph)))
+        _frame_layout(fig)
         if sph.dim == 3:
             fig.update_layout(scene=_scene_layout())
         else:
@@ -372,6 +413,10 @@ def hypersphere_grid(spheres: Mapping[str, Sphere] | Sequence[Sphere], interacti
                      table: bool = True, point_size: float | None = None) -> Plot:
     """Several checkpoints on the circle or sphere side by side, with their statistics table below.
 
+    With two or more panels the pictures' class separation is ranked against the full space's
+    (:func:`landscape.embedding.separation_ranking`); when the orders differ the figure says so
+    in red above the panels and the caption begins with the warning.
+
     Parameters
     ----------
     spheres : mapping of name to Sphere, or sequence of Sphere
@@ -385,7 +430,7 @@ def hypersphere_grid(spheres: Mapping[str, Sphere] | Sequence[Sphere], interacti
     Returns
     -------
     Plot
-        ``values``: ``{"panels": {name: sphere values}, "table": {name: stats}}``.
+        ``values``: ``{"panels": {name: sphere values}, "table": {name: stats}, "ranking": ... or None}``.
     """
     spheres = _as_dict(spheres, Sphere)
     dims = {s.dim for s in spheres.values()}
@@ -394,22 +439,27 @@ def hypersphere_grid(spheres: Mapping[str, Sphere] | Sequence[Sphere], interacti
     dim = dims.pop()
     interactive = dim == 3 if interactive is None else bool(interactive)
     rows = _table_rows(spheres)
-    values = {"panels": {name: _sph_values(s) for name, s in spheres.items()}, "table": rows}
+    ranking = (separation_ranking(spheres) if len(spheres) > 1 and all(s.fidelity for s in spheres.values())
+               else None)
+    warning = f"Warning: {ranking['message']}." if ranking and not ranking["agree"] else ""
+    values = {"panels": {name: _sph_values(s) for name, s in spheres.items()}, "table": rows, "ranking": ranking}
     caption = " | ".join(f"{name}: {_sph_caption(s)}" for name, s in spheres.items())
+    if warning:
+        caption = warning + " " + caption
     if interactive:
-        fig = _plotly_grid(spheres, dim, table, point_size or 2.5)
+        fig = _plotly_grid(spheres, dim, table, point_size or 2.5, warning)
     else:
-        fig = _mpl_grid(spheres, dim, table, point_size or 6.0)
+        fig = _mpl_grid(spheres, dim, table, point_size or 6.0, warning)
     return Plot(fig, values, caption, kind="hypersphere_grid")
 
 
-def _plotly_grid(spheres: dict[str, Sphere], dim: int, table: bool, point_size: float):
+def _plotly_grid(spheres: dict[str, Sphere], dim: int, table: bool, point_size: float, warning: str = ""):
     from plotly.subplots import make_subplots
 
     n = len(spheres)
     panel = {"type": "scene"} if dim == 3 else {"type": "xy"}
     specs = [[panel] * n] + ([[{"type": "table", "colspan": n}] + [None] * (n - 1)] if table else [])
-    titles = [f"{name}<br><sub>{_projection_label(s)}</sub>" for name, s in spheres.items()]
+    titles = [_plotly_title(name, s) for name, s in spheres.items()]
     fig = make_subplots(rows=len(specs), cols=n, specs=specs, subplot_titles=titles,
                         row_heights=[0.75, 0.25] if table else None, vertical_spacing=0.06)
     for i, s in enumerate(spheres.values(), start=1):
@@ -422,17 +472,23 @@ def _plotly_grid(spheres: dict[str, Sphere], dim: int, table: bool, point_size: 
         fig.update_scenes(**_scene_layout())
     if table:
         fig.add_trace(_plotly_table(_table_rows(spheres)), row=2, col=1)
-    fig.update_layout(width=max(700, 480 * n), height=720 if table else 520,
-                      legend=dict(title="class", itemsizing="constant"),
-                      template="plotly_white")
+    _frame_layout(fig, top=125 if warning else 90)
+    if warning:
+        import textwrap
+
+        fig.add_annotation(text="<br>".join(textwrap.wrap(warning, 140)), xref="paper", yref="paper", x=0.0, y=1.0,
+                           yshift=105, xanchor="left", yanchor="top", showarrow=False,
+                           font=dict(color="#b00020", size=11), align="left")
     return fig
 
 
-def _mpl_grid(spheres: dict[str, Sphere], dim: int, table: bool, point_size: float):
+def _mpl_grid(spheres: dict[str, Sphere], dim: int, table: bool, point_size: float, warning: str = ""):
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     n = len(spheres)
-    fig = plt.figure(figsize=(3.8 * n + 1.2, 4.2 + (0.5 + 0.3 * n if table else 0)))
+    fig = plt.figure(figsize=(3.8 * n + 1.2, 4.6 + (0.5 + 0.3 * n if table else 0)))
     grid = fig.add_gridspec(2 if table else 1, n, height_ratios=[4.0, 0.5 + 0.3 * n] if table else None)
     draw = _draw_sphere_mpl if dim == 3 else _draw_circle_mpl
     for i, (name, s) in enumerate(spheres.items()):
@@ -440,6 +496,8 @@ def _mpl_grid(spheres: dict[str, Sphere], dim: int, table: bool, point_size: flo
         draw(ax, s, name, point_size, legend=i == n - 1)
     if table:
         _mpl_table(fig.add_subplot(grid[1, :]), _table_rows(spheres))
+    if warning:
+        fig.suptitle(textwrap.fill(warning, width=int(32 * n + 10)), color="#b00020", fontsize=8)
     return fig
 
 

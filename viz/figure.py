@@ -85,8 +85,9 @@ class Plot:
             The figure file and the JSON of its plotted values.
         """
         stem = Path(stem)
-        path = stem.with_suffix(".html" if self.interactive else ".png")
-        data = stem.with_suffix(".json")
+        # with_name, not with_suffix: a stem such as "adma(a=0.1)" has a dot that is not a suffix
+        path = stem.with_name(stem.name + (".html" if self.interactive else ".png"))
+        data = stem.with_name(stem.name + ".json")
         inputs = list(inputs)
         try:
             for target in (path, data):

@@ -16,7 +16,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..errors import LossError
+from ..errors import LossError, check_choice
 from .base import Loss, register
 
 
@@ -48,20 +48,57 @@ class SMSoftmax(Loss):
         return F.cross_entropy(_lower_target(logits, target, z_y - self.m), target)
 
 
-def mam_margin(logits: torch.Tensor, offset: float = 0.2, max_margin: float = 4.0) -> torch.Tensor:
-    """The batch-adaptive margin of MAM-SoftMax (seed 002, eq. 4.14 and Fig. 4.1).
+MAM_LOG_BASES = ("10", "e")
+MAM_ORDERS = ("log-clip", "clip-log")
+MAM_SCOPES = ("batch", "sample")
 
-    ``M_u = max(z) + offset`` over the batch, ``M = clip(log10(M_u), 0, max_margin)``, and
-    the returned amount ``mean(z) + M`` (mean over the batch) is subtracted from the target
-    logit. Computed without gradient: the margin is a property of the batch, not a term to
-    optimise. The thesis is inconsistent about the log base and the order of the steps;
-    this is the toolkit's reading, kept in this one function.
+
+def mam_margin(logits: torch.Tensor, offset: float = 0.2, max_margin: float = 4.0, log_base: str = "10",
+               order: str = "log-clip", scope: str = "batch") -> torch.Tensor:
+    """The adaptive amount MAM-SoftMax subtracts from the target logit (seed 002, eq. 4.14, Fig. 4.1).
+
+    Eq. 4.14 reads ``M_u = max(x) + eps`` (``eps = offset = 0.2``), ``M_l = log M_u``,
+    ``M_c = clip(M_l, 0, 4)``, ``M_U = mean(x) + M_c``; Fig. 4.1's algorithm clips ``m = max(x) + 0.2``
+    to ``[0, 4]`` first and then takes ``log10``. The thesis does not say which base eq. 4.14's
+    ``log`` has, nor whether max and mean run over the batch or over each sample's logits. The
+    toolkit's default is eq. 4.14's order with Fig. 4.1's base over the batch:
+    ``clip(log10(max over the batch + 0.2), 0, 4) + mean over the batch``.
+
+    Parameters
+    ----------
+    logits : Tensor (N, C)
+    offset : float
+        The initial value ``eps`` added to the largest logit (0.2).
+    max_margin : float
+        The upper bound of the clip (4).
+    log_base : {"10", "e"}
+        Base of the logarithm: Fig. 4.1's ``log10`` or the natural log.
+    order : {"log-clip", "clip-log"}
+        Eq. 4.14 (log, then clip to ``[0, max_margin]``) or Fig. 4.1 (clip ``M_u`` to
+        ``[0, max_margin]``, then log). A logarithm of a value below 1 is negative; the margin is
+        floored at 0 in both orders (``clip-log`` would otherwise reach ``-inf`` at ``M_u = 0``).
+    scope : {"batch", "sample"}
+        Max and mean over the whole batch's logits (one shift for the batch) or over each sample's
+        logits (one shift per sample).
+
+    Returns
+    -------
+    Tensor
+        The shift ``mean + M``: a scalar (``scope="batch"``) or ``(N,)``; computed without gradient,
+        as the margin is a property of the batch, not a term to optimise.
     """
+    log = torch.log10 if check_choice(log_base, "log_base", MAM_LOG_BASES) == "10" else torch.log
+    order = check_choice(order, "order", MAM_ORDERS)
+    per_sample = check_choice(scope, "scope", MAM_SCOPES) == "sample"
     with torch.no_grad():
-        upper = logits.max() + offset
-        # log10 of a value below 1 is negative and clipped to 0 anyway; clamp first to avoid NaN
-        margin = torch.log10(upper.clamp_min(1.0)).clamp(0.0, max_margin)
-        return logits.mean() + margin
+        upper = (logits.amax(dim=1) if per_sample else logits.max()) + offset
+        centre = logits.mean(dim=1) if per_sample else logits.mean()
+        if order == "log-clip":
+            # a log of a value below 1 is negative and clipped to 0 anyway; clamp first to avoid NaN
+            margin = log(upper.clamp_min(1.0)).clamp(0.0, max_margin)
+        else:
+            margin = log(upper.clamp(1.0, max(max_margin, 1.0)))
+        return centre + margin
 
 
 @register("mam-softmax", aliases=("mam", "maximized-adaptable-margin-softmax", "mamsoftmax"))
@@ -71,21 +108,28 @@ class MAMSoftmax(Loss):
     Parameters
     ----------
     offset : float
-        The initial value added to the batch's largest logit (0.2 in the thesis).
+        The initial value added to the largest logit (0.2 in the thesis).
     max_margin : float
-        Upper clip of ``log10(M_u)`` (4 in the thesis).
+        Upper clip of the margin (4 in the thesis).
+    log_base, order, scope : str
+        The readings of eq. 4.14 against Fig. 4.1 (see :func:`mam_margin`); defaults ``"10"``,
+        ``"log-clip"``, ``"batch"``.
     """
 
-    def __init__(self, offset: float = 0.2, max_margin: float = 4.0):
+    def __init__(self, offset: float = 0.2, max_margin: float = 4.0, log_base: str = "10", order: str = "log-clip",
+                 scope: str = "batch"):
         super().__init__()
         if float(max_margin) < 0:
             raise ValueError(f"max_margin must be >= 0, got {max_margin}")
         self.offset, self.max_margin = float(offset), float(max_margin)
+        self.log_base = check_choice(str(log_base), "log_base", MAM_LOG_BASES)
+        self.order = check_choice(order, "order", MAM_ORDERS)
+        self.scope = check_choice(scope, "scope", MAM_SCOPES)
 
     def forward(self, logits, target, features=None, weight=None):
         """Batch-mean CE on the logits with the target logit lowered by the batch-adaptive margin."""
         z_y = logits.gather(1, target[:, None])[:, 0]
-        shift = mam_margin(logits, self.offset, self.max_margin)
+        shift = mam_margin(logits, self.offset, self.max_margin, self.log_base, self.order, self.scope)
         return F.cross_entropy(_lower_target(logits, target, z_y - shift), target)
 
 
@@ -138,6 +182,8 @@ class _AngularSoftmax(Loss):
     angles of initialisation, so the loss shrinks ``|W_y|`` and whole classes collapse to
     zero weight (an mlp on digits stops at 29 % test accuracy with m = 4, 50 % with m = 2).
     A fixed ``beta = 5`` (Liu et al. anneal towards a small ``beta`` instead) trains to 98 %.
+
+    ``literal`` (A-Softmax only) replaces ``psi(theta)`` by ``cos(m theta)`` itself.
     """
 
     needs_features = True
@@ -149,7 +195,7 @@ class _AngularSoftmax(Loss):
             raise ValueError(f"the margin m must be an integer >= 1, got {m!r}")
         if float(beta) < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
-        self.m, self.beta = int(m), float(beta)
+        self.m, self.beta, self.literal = int(m), float(beta), False
 
     def margin_logits(self, features: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The logits with the angular margin applied to each row's target entry."""
@@ -159,7 +205,8 @@ class _AngularSoftmax(Loss):
         plain = scale * cos
         cos_y = cos.gather(1, target[:, None])[:, 0]
         scale_y = scale.gather(1, target[:, None])[:, 0]
-        target_logit = scale_y * (self.beta * cos_y + psi(cos_y, self.m)) / (1.0 + self.beta)
+        margin = chebyshev_cos(cos_y, self.m) if self.literal else psi(cos_y, self.m)
+        target_logit = scale_y * (self.beta * cos_y + margin) / (1.0 + self.beta)
         return _lower_target(plain, target, target_logit)
 
     def forward(self, logits, target, features=None, weight=None):
@@ -184,15 +231,28 @@ class LSoftmax(_AngularSoftmax):
 class ASoftmax(_AngularSoftmax):
     """A-Softmax / SphereFace (seed 000): L-Softmax with unit-length class weights and no bias.
 
+    Seed 000 prints A-Softmax (its Fig. 5 equation) with the target logit ``|x| cos(m theta_y)``;
+    the toolkit's default uses L-Softmax's monotone ``psi(theta_y)`` instead (seed 000's own
+    L-Softmax equation, and SphereFace's published form), because ``cos(m theta)`` rises again
+    for ``theta > pi / m``, so a sample far from its class would score a larger target logit than
+    one nearer to it. The two agree for ``theta_y <= pi / m`` and differ beyond (``literal=True``
+    gives the printed form).
+
     Parameters
     ----------
     m : int
         Angular margin (default 4).
     beta : float
         Annealing weight of the plain cosine (default 0).
+    literal : bool
+        Target logit ``|x| cos(m theta_y)`` as seed 000 prints it, instead of ``|x| psi(theta_y)``.
     """
 
     normalize_weight = True
+
+    def __init__(self, m: int = 4, beta: float = 0.0, literal: bool = False):
+        super().__init__(m, beta)
+        self.literal = bool(literal)
 
 
 @register("am-softmax", aliases=("additive-margin-softmax", "cosface", "amsoftmax"))

@@ -12,6 +12,7 @@ in the full feature space (compactness, separation, ratio, cosine silhouette).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from landscape.io import atomic_path
@@ -24,6 +25,8 @@ EPILOG = """examples:
   landscape embed trained_models/cnn-ce.safetensors --method tsne --layer body.conv3 --perplexity 20
   landscape embed trained_models/mlp-ce.safetensors --method tsne --map-split train   # test set onto the train map
   landscape embed trained_models/*-ce.safetensors --method sphere --dim 2 --projection lda --out runs/circle
+  landscape embed trained_models/mlp-ce.safetensors trained_models/mlp-mam-softmax.safetensors --method sphere \
+      --projection stress   # angles kept as well as 3 dimensions allow
 """
 
 
@@ -52,9 +55,12 @@ def register(sub) -> None:
     g = p.add_argument_group("hypersphere")
     g.add_argument("--dim", type=int, default=None, choices=(2, 3),
                    help="unit circle (2) or sphere (3) (default: the feature dimension if 2 or 3, else 3)")
-    g.add_argument("--projection", default="auto", choices=("auto", "pca", "lda", "none"),
-                   help="how features reach --dim dimensions before normalisation (default: auto = none if they "
-                        "already have --dim dimensions, else PCA)")
+    g.add_argument("--projection", default="auto", choices=("auto", "pca", "lda", "stress", "none"),
+                   help="how features reach --dim dimensions before normalisation: PCA, LDA, or 'stress', an "
+                        "angle-preserving spherical embedding (default: auto = none if they already have --dim "
+                        "dimensions, else PCA); every figure prints the stress and rank correlation of the angles")
+    g.add_argument("--landmarks", type=int, default=1000,
+                   help="stress projection: points embedded jointly; the rest are placed against them (default: 1000)")
     g.add_argument("--static", action="store_true", help="matplotlib PNG instead of interactive HTML for spheres")
     p.add_argument("--no-plots", action="store_true", help="write only the result files and the statistics")
     add_common(p, out="runs/embed")
@@ -143,9 +149,20 @@ def _run_tsne(args, cks: dict, feats: dict, table, out: Path) -> list[Path]:
 def _run_sphere(args, feats: dict, out: Path) -> list[Path]:
     import landscape as ls
 
-    spheres = {name: ls.hypersphere(f, dim=args.dim, projection=args.projection, seed=args.seed)
-               for name, f in feats.items()}
+    spheres = {name: ls.hypersphere(f, dim=args.dim, projection=args.projection, seed=args.seed,
+                                    landmarks=args.landmarks) for name, f in feats.items()}
     written = [stamp_threads(sph).save(out / f"{name}-sphere.npz") for name, sph in spheres.items()]
+    for name, sph in spheres.items():
+        fid = sph.fidelity
+        kept = f"{100 * fid['explained_variance']:.0f}% variance, " if fid["explained_variance"] is not None else ""
+        _say(args, f"{name}: {sph.projection} picture keeps {kept}angle stress {fid['stress']:.3f}, "
+                   f"rank correlation {fid['spearman']:.3f}")
+    if len(spheres) > 1:
+        from landscape.embedding import separation_ranking
+
+        ranking = separation_ranking(spheres, warn=False)
+        if not ranking["agree"]:
+            print(f"landscape embed: warning: {ranking['message']}", file=sys.stderr)
     if args.no_plots:
         return written
     from viz.embedding import hypersphere, hypersphere_grid
