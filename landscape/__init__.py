@@ -37,6 +37,9 @@ _LAZY = {
     "Embedding": "embedding", "Sphere": "embedding",
     "gradcam": "gradcam", "CAM": "gradcam",
     "train": "train",
+    "lanczos_extremes": "hessian", "hessian_eigenvalues": "hessian", "hessian_directions": "hessian",
+    "trace": "hessian", "layer_spectra": "hessian", "Extremes": "hessian", "Eigenvalues": "hessian",
+    "TraceEstimate": "hessian", "Density": "hessian", "LayerSpectra": "hessian",
 }
 
 
