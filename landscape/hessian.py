@@ -1108,16 +1108,22 @@ def _slq(op: Operator, n_probes: int, steps: int, seed: int) -> tuple[np.ndarray
     return nodes, weights
 
 
-def _smoothed(nodes: np.ndarray, weights: np.ndarray, sigma: float | None,
-              grid_size: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Axis (the nodes plus 5 sigma each side), density and sigma (default 1% of the nodes' width)."""
+def _density_axis(nodes: np.ndarray, weights: np.ndarray, sigma: float | None,
+                  grid_size: int) -> tuple[np.ndarray, float]:
+    """Eigenvalue axis (the nodes plus 5 sigma each side) and sigma (default 1% of the nodes' width), or NaN."""
     finite = nodes[np.isfinite(nodes)]
     if finite.size == 0 or not np.all(np.isfinite(weights)):
-        return np.full(grid_size, np.nan), np.full(grid_size, np.nan), math.nan if sigma is None else float(sigma)
+        return np.full(grid_size, np.nan), math.nan if sigma is None else float(sigma)
     width = float(finite.max() - finite.min())
     sigma = float(sigma) if sigma is not None else max(0.01 * width, 1e-12 * max(1.0, float(np.abs(finite).max())))
-    axis_ = np.linspace(finite.min() - 5 * sigma, finite.max() + 5 * sigma, int(grid_size))
-    return axis_, smooth_density(nodes, weights, axis_, sigma), sigma
+    return np.linspace(finite.min() - 5 * sigma, finite.max() + 5 * sigma, int(grid_size)), sigma
+
+
+def _smoothed(nodes: np.ndarray, weights: np.ndarray, axis_: np.ndarray, sigma: float) -> np.ndarray:
+    """:func:`smooth_density`, or NaN on a NaN axis (products that were not finite)."""
+    if not (np.all(np.isfinite(axis_)) and math.isfinite(sigma)):
+        return np.full(len(axis_), np.nan)
+    return smooth_density(nodes, weights, axis_, sigma)
 
 
 def spectral_density(ck, data="digits", *, n_probes: int = 4, steps: int = 80, seed: int = 0, criterion=None,
@@ -1163,7 +1169,8 @@ def spectral_density(ck, data="digits", *, n_probes: int = 4, steps: int = 80, s
     op = as_operator(ck, data, criterion=criterion, subset=subset, seed=seed, params=params, dtype=dtype,
                      batch_size=batch_size)
     nodes, weights = _slq(op, n_probes, steps, seed)
-    axis_, density, sigma = _smoothed(nodes, weights, sigma, grid_size)
+    axis_, sigma = _density_axis(nodes, weights, sigma, grid_size)
+    density = _smoothed(nodes, weights, axis_, sigma)
     meta = {**op.meta(), "n_probes": n_probes, "steps": nodes.shape[1], "seed": int(seed)}
     if not np.all(np.isfinite(density)):
         meta["non_finite"] = True
@@ -1237,10 +1244,13 @@ class LayerSpectra(Result):
     nodes, weights : np.ndarray
         ``(G, n_probes, steps)`` SLQ quadrature of each block (a block smaller than ``steps`` is
         padded with NaN nodes of weight 0).
-    grid, density : np.ndarray
-        ``(G, grid_size)`` each block's smoothed density on its own axis.
-    sigma : np.ndarray
-        ``(G,)`` smoothing widths.
+    grid : np.ndarray
+        ``(grid_size,)`` one eigenvalue axis for every block (all nodes plus 5 sigma each side).
+    density : np.ndarray
+        ``(G, grid_size)`` each block's smoothed density on that axis (each integrates to ~1).
+    sigma : float
+        One smoothing width for every block (default 1% of the width of all blocks' nodes), so
+        the blocks' densities compare on one axis at one resolution.
     hvps : np.ndarray
         ``(G,)`` products spent per block.
     meta : dict
@@ -1258,7 +1268,7 @@ class LayerSpectra(Result):
     weights: np.ndarray
     grid: np.ndarray
     density: np.ndarray
-    sigma: np.ndarray
+    sigma: float
     hvps: np.ndarray
     meta: dict = dataclasses.field(default_factory=dict)
 
@@ -1269,8 +1279,8 @@ class LayerSpectra(Result):
         cols = keep.any(0)
         meta = {**self.meta, "size": int(self.sizes[i]), "group": self.names[i], "params": list(self.params[i]),
                 "steps": int(cols.sum())}
-        return Density(self.nodes[i][:, cols], self.weights[i][:, cols], self.grid[i], self.density[i],
-                       float(self.sigma[i]), meta)
+        return Density(self.nodes[i][:, cols], self.weights[i][:, cols], self.grid, self.density[i], float(self.sigma),
+                       meta)
 
     def table(self) -> list[dict]:
         """One row per group: name, size, lam_min, lam_max, trace, trace_stderr."""
@@ -1300,8 +1310,8 @@ def layer_spectra(ck, data, *, groups="layer", criterion=None, subset: int | Non
     trace_probes, trace_method
         Of the trace (:func:`trace`).
     n_probes, steps, sigma, grid_size
-        Of the density (:func:`spectral_density`); ``steps`` is capped at each block's size,
-        where the quadrature becomes exact.
+        Of the densities (:func:`spectral_density`); ``steps`` is capped at each block's size,
+        where the quadrature becomes exact. One axis and one ``sigma`` serve every block.
     verbose : bool or None
         Progress over the groups; False is silent.
 
@@ -1321,13 +1331,17 @@ def layer_spectra(ck, data, *, groups="layer", criterion=None, subset: int | Non
             ext = extremes(op, tol=tol, max_iter=max_iter, seed=seed)
             tr = trace(op, method=trace_method, n_probes=trace_probes, seed=seed)
             nodes, weights = _slq(op, n_probes, steps, seed)
-            axis_, dens, sig = _smoothed(nodes, weights, sigma, grid_size)
-            rows.append((name, params, op.size, ext, tr, nodes, weights, axis_, dens, sig, op.hvps))
+            rows.append((name, params, op.size, ext, tr, nodes, weights, op.hvps))
             bar.update(1)
     width = max(r[5].shape[1] for r in rows)
 
     def pad(a: np.ndarray, fill: float) -> np.ndarray:
         return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
+
+    nodes = np.stack([pad(r[5], np.nan) for r in rows])
+    weights = np.stack([pad(r[6], 0.0) for r in rows])
+    axis_, sigma = _density_axis(nodes, weights, sigma, grid_size)  # one axis and width for all blocks
+    density = np.stack([_smoothed(n, w, axis_, sigma) for n, w in zip(nodes, weights)])
 
     meta = {**_provenance(ck, dataset), "dtype": str(dtype).replace("torch.", ""), "batch_size": batch_size,
             "groups": groups if isinstance(groups, str) else "patterns", "seed": int(seed), "tol": tol,
@@ -1337,9 +1351,8 @@ def layer_spectra(ck, data, *, groups="layer", criterion=None, subset: int | Non
         [r[0] for r in rows], [list(r[1]) for r in rows], np.array([r[2] for r in rows], np.int64),
         np.array([r[3].lam_min for r in rows]), np.array([r[3].lam_max for r in rows]),
         np.array([r[3].converged for r in rows]), np.array([r[4].trace for r in rows]),
-        np.array([r[4].stderr for r in rows]), np.stack([pad(r[5], np.nan) for r in rows]),
-        np.stack([pad(r[6], 0.0) for r in rows]), np.stack([r[7] for r in rows]), np.stack([r[8] for r in rows]),
-        np.array([r[9] for r in rows]), np.array([r[10] for r in rows], np.int64), meta)
+        np.array([r[4].stderr for r in rows]), nodes, weights, axis_, density, float(sigma),
+        np.array([r[7] for r in rows], np.int64), meta)
 
 
 # -- eigenvalue-ratio maps -----------------------------------------------------------------------
@@ -1384,6 +1397,15 @@ class EigenMap(Result):
     converged: np.ndarray
     directions: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0), np.float32))
     meta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def centre(self) -> dict | None:
+        """``meta["centre"]`` with NaN where a value is missing (JSON stores NaN as null); None if not recorded."""
+        c = self.meta.get("centre")
+        if not c:
+            return None
+        return {**c, **{k: math.nan if c.get(k) is None else float(c[k]) for k in ("lam_min", "lam_max", "ratio",
+                                                                                  "loss")}}
 
 
 def snake_order(nx: int, ny: int) -> np.ndarray:

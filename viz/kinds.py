@@ -139,9 +139,14 @@ def _eigen_compute(ctx, opts):
 
 
 def _eigen_draw(results, opts, ctx):
+    from .hessian import shared_limits
+
+    # one colour scale for every model of the comparison, so equal colours mean equal values
+    limits = shared_limits([results[f"{m}/eigen"] for m in opts["models"]])
     plots = {}
     for m in opts["models"]:
-        plots[m] = eigen_ratio(results[f"{m}/eigen"], results[f"{m}/surface"], title=f"{m}: Hessian eigenvalue ratio")
+        plots[m] = eigen_ratio(results[f"{m}/eigen"], results[f"{m}/surface"], limits=limits,
+                               title=f"{m}: Hessian eigenvalue ratio")
     return plots
 
 
@@ -163,11 +168,67 @@ def _density_compute(ctx, opts):
 
 
 def _density_draw(results, opts, ctx):
-    return {m: spectral_density(d, log=opts["log"], title=f"{m}: Hessian spectrum") for m, d in results.items()}
+    # every model's density in one figure, on a shared x range
+    return {"": spectral_density(dict(results), log=opts["log"], title="Hessian spectra")}
 
 
 kind("spectral_density", "Hessian spectral density (stochastic Lanczos quadrature)",
      {"probes": 4, "steps": 60, "subset": None}, {"log": True}, tolerance=ITERATIVE)((_density_compute, _density_draw))
+
+
+def _hessian_plane_compute(ctx, opts):
+    """Per model: the Hessian's eigenvectors at the centre (cached Directions) and the surface along them."""
+    out = {}
+    for m in opts["models"]:
+        ck = ctx.checkpoint(m)
+        inputs = {"ck": ck.digest, "data": ctx.data_spec, "seed": ctx.seed, "subset": opts["subset"],
+                  "which": opts["which"], "tol": opts["tol"], "scale": opts["scale"]}
+        dirs = ctx.cached("hessian-dirs", inputs, lambda ck=ck: ls.hessian_directions(
+            ck, ctx.data("test"), k=2, which=opts["which"], scale=opts["scale"], subset=opts["subset"],
+            seed=ctx.seed, tol=float(opts["tol"])))
+        g = _grid(opts)
+        out[m] = ctx.cached("hessian-plane", {**inputs, "grid": g}, lambda ck=ck, dirs=dirs: ls.surface(
+            ck, ctx.data("test"), dirs, x=g, y=g, subset=opts["subset"], seed=ctx.seed,
+            verbose=not ctx.quiet and None))
+    return out
+
+
+def _hessian_plane_draw(results, opts, ctx):
+    from .hessian import hessian_plane
+
+    return {"": hessian_plane(dict(results), log=opts["log"], n_levels=opts["n_levels"])}
+
+
+# Eigenvectors from Lanczos (tolerance 1e-3) move with last-bit differences, and the surface along them with them.
+# Log levels by default: the saddle at the centre is shallow (lambda_min ~ -0.6 against lambda_max ~ 9 on digits).
+kind("hessian_plane", "Loss over the plane of the Hessian's extreme eigenvectors (v_max, v_min), where saddles show",
+     {"grid": 31, "range": [-0.5, 0.5], "subset": None, "which": "BE", "tol": 1e-3, "scale": "unit"},
+     {"log": True, "n_levels": 20}, tolerance=ITERATIVE)((_hessian_plane_compute, _hessian_plane_draw))
+
+
+def _layers_compute(ctx, opts):
+    out = {}
+    for m in opts["models"]:
+        ck = ctx.checkpoint(m)
+        inputs = {"ck": ck.digest, "data": ctx.data_spec, "seed": ctx.seed, "subset": opts["subset"],
+                  "groups": opts["groups"], "probes": opts["probes"], "steps": opts["steps"],
+                  "trace_probes": opts["trace_probes"], "tol": opts["tol"]}
+        out[m] = ctx.cached("layer-spectra", inputs, lambda ck=ck: ls.layer_spectra(
+            ck, ctx.data("test"), groups=opts["groups"], subset=opts["subset"], seed=ctx.seed,
+            n_probes=int(opts["probes"]), steps=int(opts["steps"]), trace_probes=int(opts["trace_probes"]),
+            tol=float(opts["tol"]), verbose=not ctx.quiet and None))
+    return out
+
+
+def _layers_draw(results, opts, ctx):
+    from .hessian import layer_spectra, layer_table
+
+    return {"": layer_spectra(dict(results), log=opts["log"]), "table": layer_table(dict(results))}
+
+
+kind("layer_spectra", "Per-layer Hessian spectra: densities of each layer's block stacked by depth, and a table",
+     {"groups": "layer", "subset": None, "probes": 4, "steps": 60, "trace_probes": 100, "tol": 1e-3},
+     {"log": True}, tolerance=ITERATIVE)((_layers_compute, _layers_draw))
 
 
 # -- feature geometry ---------------------------------------------------------------------
