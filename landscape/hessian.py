@@ -413,8 +413,9 @@ def _orthonormal_columns(W: torch.Tensor, basis: torch.Tensor, gen: torch.Genera
     """``W = Q B`` with ``Q`` orthonormal and orthogonal to ``basis``; a dependent column gets a fresh vector.
 
     Gram-Schmidt column by column, each projection done twice. A column that is (numerically)
-    a combination of the others or of ``basis`` is replaced by a random vector orthogonal to
-    both, with coupling 0, so a block Krylov space that is exhausted keeps growing exactly.
+    a combination of the earlier ones or of ``basis`` keeps its coefficients on the earlier
+    columns and gets a random new vector orthogonal to everything, with coupling 0, so a block
+    Krylov space that is exhausted keeps growing exactly.
     """
     eps = torch.finfo(W.dtype).eps
     cols, B = [], np.zeros((W.shape[1], W.shape[1]))
@@ -432,8 +433,7 @@ def _orthonormal_columns(W: torch.Tensor, basis: torch.Tensor, gen: torch.Genera
                 w = w - basis @ (basis.T @ w)
                 for q in cols:
                     w = w - (q @ w) * q
-            B[:, c] = 0.0
-            cols.append(w / torch.linalg.vector_norm(w))
+            cols.append(w / torch.linalg.vector_norm(w))  # B[c, c] stays 0; B[:c, c] holds the column's parts
         else:
             B[c, c] = norm
             cols.append(w / norm)
@@ -855,7 +855,9 @@ def hessian_directions(ck, data, k: int = 2, which: str = "LA", *, scale: str = 
         would make the vectors no longer eigenvectors.
     criterion, subset, seed, params, dtype, batch_size, tol, max_iter
         As in :func:`hessian_eigenvalues`. With ``params="matrices"`` (or a list) the entries of
-        the other parameters are 0.
+        the other parameters are 0. An eigenvector is off by about its residual over the gap to
+        the next eigenvalue: where the end of the spectrum is a cluster (a trained net's most
+        negative eigenvalues often are), pass a tighter ``tol`` (1e-6) to pin the vector down.
 
     Returns
     -------
@@ -1554,6 +1556,7 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
     """
     tol, max_iter, _ = _check_lanczos_options(tol, max_iter, MIN_ITER)
     chunk_size = check_scalar(chunk_size, "chunk_size", int, min=1)
+    subset = check_scalar(subset, "subset", int, min=1, allow_none=True)
     ck = as_checkpoint(ck, criterion=None if criterion in (None, "train") else criterion)
     ck, data, dirs, xs, ys = plane_setup(ck, data, dirs, x, y, subset, seed, "an eigenvalue map")
     order = snake_order(len(xs), len(ys))

@@ -114,6 +114,28 @@ def test_top_k_eigenpairs_match_eigvalsh(name, which):
     assert np.all(V[np.abs(V).argmax(0), np.arange(k)] > 0)
 
 
+def test_residuals_of_unconverged_pairs_are_the_true_ones():
+    a = clusters()
+    part = ls.hessian_eigenvalues(a, k=3, which="BE", tol=1e-12, max_iter=12, min_iter=1)
+    assert not part.converged and part.hvps == 12
+    true = np.linalg.norm(a @ part.vectors - part.vectors * part.values, axis=0)
+    assert true.min() > 1e-6  # a real test: the pairs have not converged
+    np.testing.assert_allclose(part.residuals, true, rtol=1e-6)
+
+
+def test_an_exhausted_krylov_space_keeps_growing_exactly():
+    """Three distinct eigenvalues: a block of 6 has dependent columns from its third step and is exhausted after it."""
+    a = _rotate(np.r_[[2.0] * 5, [1.0] * 5, [0.0] * (P - 10)], 7)
+    gen = torch.Generator().manual_seed(0)
+    run = hessian.block_lanczos(a, hessian._start(P, 6, gen), 24, generator=gen)
+    Q = run.Q.numpy()
+    np.testing.assert_allclose(Q.T @ Q, np.eye(24), atol=1e-12)
+    np.testing.assert_allclose(run.T, Q.T @ a @ Q, atol=1e-12)  # the projection stays exact through it
+    res = ls.hessian_eigenvalues(a, k=6, which="LA", tol=1e-10, max_iter=P)
+    np.testing.assert_allclose(res.values, [2, 2, 2, 2, 2, 1], atol=1e-8)
+    np.testing.assert_allclose(np.linalg.norm(a @ res.vectors - res.vectors * res.values, axis=0), 0, atol=1e-8)
+
+
 def test_block_finds_a_repeated_eigenvalue_a_single_vector_cannot():
     d = np.r_[np.linspace(-1, 4, P - 3), [7.0, 7.0, 7.0]]
     a = _rotate(d, 5)

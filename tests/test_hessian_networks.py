@@ -284,3 +284,26 @@ def test_resume_under_another_thread_count_is_refused(tiny, tmp_path, monkeypatc
     monkeypatch.undo()
     with pytest.raises(ResumeError, match=f"threads \\({threads + 1} there, {threads} now\\).*same number of threads"):
         ls.eigen_ratio_map(ck, data, dirs, resume=True, **kw)
+
+
+@pytest.mark.gpu
+def test_cuda_algorithms_match_cpu(tiny):
+    ck, data = tiny
+    gpu = ls.load_checkpoint(ck.path, device="cuda")
+    kw = dict(dtype=torch.float64)
+    a, b = (ls.hessian_eigenvalues(c, data, k=3, tol=1e-8, **kw) for c in (ck, gpu))
+    np.testing.assert_allclose(b.values, a.values, rtol=1e-6)
+    np.testing.assert_allclose(b.vectors, a.vectors, atol=1e-5)  # the sign convention holds across devices
+    for method in ("hutchinson", "hutch++"):
+        cpu_tr, gpu_tr = (ls.trace(c, data, method=method, n_probes=30, **kw) for c in (ck, gpu))
+        assert gpu_tr.trace == pytest.approx(cpu_tr.trace, rel=1e-8)
+    sa, sb = (ls.layer_spectra(c, data, n_probes=2, steps=10, trace_probes=10, verbose=False, **kw) for c in (ck, gpu))
+    np.testing.assert_allclose(sb.lam_max, sa.lam_max, rtol=1e-6)
+    np.testing.assert_allclose(sb.density, sa.density, rtol=1e-5, atol=1e-8)
+    dense = torch.as_tensor(np.diag(np.linspace(-1.0, 2.0, 40)), device="cuda")
+    ext = ls.lanczos_extremes(dense, tol=1e-10, max_iter=40)
+    assert ext.lam_min == pytest.approx(-1.0, abs=1e-9) and ext.lam_max == pytest.approx(2.0, abs=1e-9)
+    dirs = ls.hessian_directions(gpu, data, k=2, which="BE", **kw)
+    emap = ls.eigen_ratio_map(gpu, data, ls.random_directions(ck.model, n=2, seed=0), x=(-1, 1, 2), y=(-1, 1, 2),
+                              verbose=False, **kw)
+    assert dirs.vectors.shape[0] == 2 and emap.meta["threads"] is None and emap.meta["centre"]["on_grid"] is False

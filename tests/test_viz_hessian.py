@@ -88,6 +88,16 @@ def test_cells_stop_at_the_grid_and_every_panel_shows_the_contour_extent():
         assert plot.values["extent"] == [-1.0, 1.0, -0.5, 0.5]
     finally:
         plot.close()
+    # a finer contour over a wider plane: every panel shows the contour's extent, the cells stay on the map's
+    x, y = np.linspace(-2, 2, 5), np.linspace(-1, 1, 3)
+    surf = ls.Surface(x, y, np.add.outer(y ** 2, x ** 2) + 0.1, np.ones((3, 5)), meta={"checkpoint": "hand"})
+    plot = viz.eigen_ratio(emap, surf)
+    try:
+        assert all(_panel_extent(ax) == (-2.0, 2.0, -1.0, 1.0) for ax in plot.fig.axes[:4])
+        corners = np.asarray(plot.fig.axes[0].collections[0].get_coordinates())
+        assert corners[..., 0].max() == 1.0 and corners[..., 1].max() == 0.5
+    finally:
+        plot.close()
 
 
 def test_maps_of_a_comparison_share_one_colour_scale():
@@ -284,6 +294,15 @@ def test_cli_centre_only_reports_the_centre(tmp_path, tiny_checkpoint, digits_te
     assert dirs.meta["which"] == "BE" and dirs.n == 2
     assert main(["surface", str(path), "--dirs", str(out / "eigvecs.npz"), "--grid", "3", "--subset", "40",
                  "--out", str(tmp_path / "s"), "--quiet", "--no-plots"]) == 0
+    # an even grid has no point at the centre: the printed values are computed there, not a corner's
+    assert main(["hessian", str(path), "--grid", "2", "--contour-grid", "0", "--subset", "40", "--out",
+                 str(tmp_path / "even"), "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    even = EigenMap.load(tmp_path / "even" / "eigenmap.npz")
+    assert "at the centre (0, 0) (computed there)" in text
+    assert abs(even.centre["lam_max"] - exact.lam_max) <= 1e-3 * scale
+    assert f"lambda_max {even.centre['lam_max']:.4g}," in text
+    assert all(f"lambda_max {v:.4g}," not in text for v in even.lam_max.ravel())  # no corner is reported
 
 
 def test_cli_grid_one_with_density_plots(tmp_path, tiny_checkpoint):
@@ -348,7 +367,8 @@ def test_cli_non_finite_weights_give_nan_maps_not_tracebacks(tmp_path, tiny_chec
 
 
 @pytest.mark.parametrize("option,value", [("--max-iter", "0"), ("--max-iter", "-3"), ("--tol", "2"), ("--tol", "0"),
-                                          ("--probes", "0"), ("--contour-grid", "-1")])
+                                          ("--probes", "0"), ("--contour-grid", "-1"), ("--subset", "-1"),
+                                          ("--subset", "0"), ("--chunk-size", "0"), ("--batch-size", "-1")])
 def test_cli_bad_options_are_one_line_before_any_work(tmp_path, option, value, capsys):
     assert main(["hessian", "does-not-matter.safetensors", option, value, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

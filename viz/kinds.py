@@ -201,8 +201,10 @@ def _hessian_plane_draw(results, opts, ctx):
 
 # Eigenvectors from Lanczos (tolerance 1e-3) move with last-bit differences, and the surface along them with them.
 # Log levels by default: the saddle at the centre is shallow (lambda_min ~ -0.6 against lambda_max ~ 9 on digits).
+# tol 1e-6: the bottom of the spectrum is a cluster (-0.594, -0.587, -0.572 for mlp-ce), and an eigenvector's error is
+# about residual / gap, so 1e-3 would leave v_min a mixture of the cluster that moves between machines.
 kind("hessian_plane", "Loss over the plane of the Hessian's extreme eigenvectors (v_max, v_min), where saddles show",
-     {"grid": 31, "range": [-0.5, 0.5], "subset": None, "which": "BE", "tol": 1e-3, "scale": "unit"},
+     {"grid": 31, "range": [-0.5, 0.5], "subset": None, "which": "BE", "tol": 1e-6, "scale": "unit"},
      {"log": True, "n_levels": 20}, tolerance=ITERATIVE)((_hessian_plane_compute, _hessian_plane_draw))
 
 

@@ -68,6 +68,9 @@ def _check(args) -> None:
     check_scalar(args.tol, "--tol", float, min=0, max=1, include_min=False, include_max=False)
     check_scalar(args.probes, "--probes", int, min=1)
     check_scalar(args.contour_grid, "--contour-grid", int, min=0)
+    check_scalar(args.chunk_size, "--chunk-size", int, min=1)
+    check_scalar(args.subset, "--subset", int, min=1, allow_none=True)
+    check_scalar(args.batch_size, "--batch-size", int, min=1, allow_none=True)
 
 
 def _stages(args) -> list[str]:
