@@ -791,8 +791,8 @@ def hessian_eigenvalues(A, data=None, *, k: int = 5, which: str = "LA", criterio
     """The top-``k`` (or bottom-``k``, or both ends) eigenpairs of a Hessian or of any symmetric operator.
 
     Block Lanczos (:func:`block_lanczos`, block size ``k``) with the stopping rule of the
-    extremes applied to the ``k`` wanted Ritz pairs. PyHessian's ``eigenvalues(top_n=k)`` gives
-    the same numbers by power iteration with deflation, at several times the products.
+    extremes applied to the ``k`` wanted Ritz pairs. PyHessian's ``eigenvalues(top_n=k)`` computes
+    the top ones by power iteration with deflation (the tests compare the two).
 
     Parameters
     ----------

@@ -105,6 +105,23 @@ def test_top_k_eigenvalues_of_a_network_match_eigvalsh(tiny, reference):
     np.testing.assert_allclose(low.values, ev[:2], atol=1e-5 * scale)
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_top_k_agrees_with_pyhessian(tiny, reference):
+    """PyHessian's power iteration with deflation (top_n=3) on the same CE objective, float32."""
+    import copy
+
+    pyhessian = pytest.importorskip("pyhessian")
+    ck, data = tiny
+    x, y = ck.prepare(data)
+    torch.manual_seed(0)
+    peer, _ = pyhessian.hessian(copy.deepcopy(ck.model), nn.CrossEntropyLoss(), data=(x, y),
+                                cuda=False).eigenvalues(maxIter=300, tol=1e-7, top_n=3)
+    ours = ls.hessian_eigenvalues(ck, data, k=3, which="LA", tol=1e-6)
+    ev = np.linalg.eigvalsh(reference[0])[::-1][:3]
+    np.testing.assert_allclose(ours.values, ev, rtol=1e-4)
+    np.testing.assert_allclose(peer, ours.values, rtol=2e-3)
+
+
 def test_hessian_directions_are_eigenvectors_usable_by_surfaces(tiny, reference):
     ck, data = tiny
     H, _ = reference

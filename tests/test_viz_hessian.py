@@ -393,3 +393,72 @@ def test_bench_hessian_prints_every_method(tiny_checkpoint, capsys):
     assert {"engine", "engine-cold", "li-eigsh", "pyhessian"} <= set(rows)
     assert float(rows["engine"][3]) <= 0.01 and float(rows["li-eigsh"][3]) <= 0.01  # ratio errors vs dense
     assert rows["pyhessian"][3] == "n/a"
+
+
+SPEC = """\
+name = "hess"
+data = "digits"
+seed = 0
+
+[models]
+ce = "trained_models/mlp-ce.safetensors"
+mam = "trained_models/mlp-mam-softmax.safetensors"
+
+[[figure]]
+id = "ratio"
+kind = "eigen_ratio"
+models = ["ce", "mam"]
+grid = 2
+subset = 40
+contour_grid = 3
+
+[[figure]]
+id = "density"
+kind = "spectral_density"
+models = ["ce", "mam"]
+probes = 1
+steps = 10
+subset = 40
+
+[[figure]]
+id = "plane"
+kind = "hessian_plane"
+models = ["ce", "mam"]
+grid = 3
+subset = 40
+
+[[figure]]
+id = "layers"
+kind = "layer_spectra"
+models = ["ce"]
+subset = 40
+probes = 1
+steps = 8
+trace_probes = 5
+"""
+
+
+@pytest.mark.slow
+def test_report_kinds_share_scales_overlay_densities_and_cache(tmp_path):
+    from tests.conftest import ROOT
+    from viz.report import build_report
+
+    spec = tmp_path / "hess.toml"
+    spec.write_text(SPEC)
+    report = build_report(spec, out_root=tmp_path, quiet=True, root=ROOT)
+    out = tmp_path / "hess"
+    files = {r["id"]: r["files"] for r in report["figures"]}
+    assert files["density"] == ["density.png", "density.json"]  # one figure for both models
+    assert files["layers"] == ["layers.png", "layers.json", "layers-table.png", "layers-table.json"]
+    ce, mam = (json.loads((out / f"ratio-{m}.json").read_text())["values"] for m in ("ce", "mam"))
+    for field in ("ratio_limits", "lam_min_limits", "lam_max_limits"):
+        assert ce[field] == mam[field]
+    assert ce["ratio_limits"][1] == pytest.approx(max(np.nanmax(np.array(ce["ratio"], float)),
+                                                      np.nanmax(np.array(mam["ratio"], float))))
+    dens = json.loads((out / "density.json").read_text())["values"]
+    assert [c["name"] for c in dens["curves"]] == ["ce", "mam"]
+    plane = json.loads((out / "plane.json").read_text())["values"]
+    assert [len(p["eigenvalues"]) for p in plane["panels"]] == [2, 2]
+    assert plane["panels"][0]["eigenvalues"][0] > 0 > plane["panels"][0]["eigenvalues"][1]
+    again = build_report(spec, out_root=tmp_path, quiet=True, root=ROOT)
+    assert all(c["cached"] for r in again["figures"] for c in r["cache"])

@@ -187,7 +187,8 @@ def _hessian_plane_compute(ctx, opts):
             ck, ctx.data("test"), k=2, which=opts["which"], scale=opts["scale"], subset=opts["subset"],
             seed=ctx.seed, tol=float(opts["tol"])))
         g = _grid(opts)
-        out[m] = ctx.cached("hessian-plane", {**inputs, "grid": g}, lambda ck=ck, dirs=dirs: ls.surface(
+        key = {**inputs, "grid": g, "dirs": ls.grid.array_digest(dirs.vectors)}
+        out[m] = ctx.cached("hessian-plane", key, lambda ck=ck, dirs=dirs: ls.surface(
             ck, ctx.data("test"), dirs, x=g, y=g, subset=opts["subset"], seed=ctx.seed,
             verbose=not ctx.quiet and None))
     return out
@@ -199,7 +200,7 @@ def _hessian_plane_draw(results, opts, ctx):
     return {"": hessian_plane(dict(results), log=opts["log"], n_levels=opts["n_levels"])}
 
 
-# Eigenvectors from Lanczos (tolerance 1e-3) move with last-bit differences, and the surface along them with them.
+# ITERATIVE: eigenvectors from Lanczos move with last-bit differences, and the surface along them with them.
 # Log levels by default: the saddle at the centre is shallow (lambda_min ~ -0.6 against lambda_max ~ 9 on digits).
 # tol 1e-6: the bottom of the spectrum is a cluster (-0.594, -0.587, -0.572 for mlp-ce), and an eigenvector's error is
 # about residual / gap, so 1e-3 would leave v_min a mixture of the cluster that moves between machines.
