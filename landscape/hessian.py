@@ -188,7 +188,8 @@ def _scipy(A) -> Operator:
     return Operator(matmat, L.shape[0], torch.float64, "cpu", kind="scipy", source=L)
 
 
-def _protocol(A) -> Operator:
+def _protocol(A, kind: str | None = None) -> Operator:
+    """An object with the operator protocol (``shape``, ``dtype``, ``device``, ``matmat``), checked and wrapped."""
     missing = [a for a in ("shape", "dtype", "device", "matmat") if not hasattr(A, a)]
     if missing:
         raise ArgumentError(f"{type(A).__name__} is not an operator: it lacks {', '.join(missing)} (an operator has "
@@ -197,7 +198,7 @@ def _protocol(A) -> Operator:
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ArgumentError(f"{type(A).__name__} has shape {shape}; an operator must be square (P, P).")
     dtype = A.dtype if isinstance(A.dtype, torch.dtype) else torch.float64
-    return Operator(A.matmat, shape[0], dtype, A.device, kind=type(A).__name__, source=A)
+    return Operator(A.matmat, shape[0], dtype, A.device, kind=kind or type(A).__name__, source=A)
 
 
 def _is_model_input(A) -> bool:
@@ -245,7 +246,7 @@ def as_operator(A, data=None, *, criterion=None, subset: int | None = None, seed
     if isinstance(A, Operator):
         return A
     if isinstance(A, HessianOperator):
-        return Operator(A.matmat, A.size, A.dtype, A.device, kind="hessian", source=A)
+        return _protocol(A, kind="hessian")
     if isinstance(A, (np.ndarray, torch.Tensor)):
         return _dense(A)
     if _is_scipy_operator(A):
@@ -257,8 +258,10 @@ def as_operator(A, data=None, *, criterion=None, subset: int | None = None, seed
                             "(x, y) pair or a DataLoader).")
     ck = as_checkpoint(A, criterion=None if criterion in (None, "train") else criterion)
     dataset = as_dataset(data, check_scalar(subset, "subset", int, min=1, allow_none=True), seed)
-    op = HessianOperator.from_checkpoint(ck, dataset, params=params, dtype=dtype, batch_size=batch_size)
-    return Operator(op.matmat, op.size, op.dtype, op.device, kind="hessian", source=op, checkpoint=ck, data=dataset)
+    op = _protocol(HessianOperator.from_checkpoint(ck, dataset, params=params, dtype=dtype, batch_size=batch_size),
+                   kind="hessian")
+    op.checkpoint, op.data = ck, dataset
+    return op
 
 
 def _start(size: int, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -553,7 +556,7 @@ class Extremes(Result):
     meta: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        self.lam_min, self.lam_max = float(self.lam_min), float(self.lam_max)
+        self.lam_min, self.lam_max = _float(self.lam_min), _float(self.lam_max)
         self.converged, self.tol, self.hvps = bool(self.converged), float(self.tol), int(self.hvps)
         self.residuals = np.asarray(self.residuals, dtype=np.float64).reshape(2)
 
@@ -580,6 +583,11 @@ class Extremes(Result):
     def __repr__(self) -> str:
         return (f"Extremes(lam_min={self.lam_min:.6g}, lam_max={self.lam_max:.6g}, ratio={self.ratio:.4g}, "
                 f"converged={self.converged}, hvps={self.hvps})")
+
+
+def _float(value) -> float:
+    """A float field of a result; NaN, which a saved result's JSON holds as null, comes back as NaN."""
+    return math.nan if value is None else float(value)
 
 
 def _ratio(lo: float, hi: float) -> float:
@@ -925,6 +933,9 @@ class TraceEstimate(Result):
     low_rank: float = 0.0
     meta: dict = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        self.trace, self.stderr, self.low_rank = _float(self.trace), _float(self.stderr), _float(self.low_rank)
+
     def __repr__(self) -> str:
         lo, hi = (float(v) for v in self.interval)
         return (f"TraceEstimate(trace={self.trace:.6g} +- {self.stderr:.3g}, {100 * self.confidence:g}% interval "
@@ -1062,6 +1073,9 @@ class Density(Result):
     density: np.ndarray
     sigma: float = 0.0
     meta: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.sigma = _float(self.sigma)
 
     def _per_probe(self, p: int, size: int | None) -> np.ndarray:
         size = size or int(self.meta["size"])
@@ -1273,6 +1287,9 @@ class LayerSpectra(Result):
     sigma: float
     hvps: np.ndarray
     meta: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.sigma = _float(self.sigma)
 
     def group(self, g: int | str) -> Density:
         """Group ``g`` (index or name) as a :class:`Density` (for :func:`viz.spectral_density`)."""
@@ -1543,7 +1560,8 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
         run is loaded, not recomputed. Progress made under another CPU thread count is refused
         (the values differ in the last digits).
     overwrite : bool
-        Replace a finished map at ``out`` (without it, and without ``resume``, that is an error).
+        Compute again and replace a finished map (and any progress) at ``out``; without it, and
+        without ``resume``, a finished map there is an error.
     chunk_size : int
         Points per flushed chunk (and per rank under torch.distributed).
     verbose : bool or None
@@ -1576,6 +1594,8 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
         return done
     if resume and out is not None:
         _check_progress(out, fingerprint)
+    elif overwrite and out is not None:
+        grid.finish(out)  # compute again from scratch: an earlier run's progress is dropped, as asked
     evaluate = _map_chunk(op, ck.model, dirs, tol=tol, max_iter=max_iter, seed=seed, warm_start=warm_start)
     values = grid.run_grid(points, evaluate, {f: () for f in _MAP_FIELDS}, out=out, fingerprint=fingerprint,
                            resume=resume, chunk_size=chunk_size, progress=progress_choice(verbose, progress),

@@ -229,6 +229,18 @@ def test_non_finite_operators_give_nan_not_exceptions():
     assert math.isnan(ls.lanczos_extremes(inf).lam_max)
 
 
+def test_non_finite_results_save_and_load(tmp_path):
+    a = clusters()
+    a[3, 3] = np.nan
+    with pytest.warns(RuntimeWarning):
+        dens = ls.spectral_density(a, n_probes=2, steps=5)
+    for result in (ls.lanczos_extremes(a), ls.trace(a), dens):
+        back = ls.Result.load(result.save(tmp_path / type(result).__name__))
+        assert type(back) is type(result) and "nan" in repr(back).lower()
+    assert math.isnan(ls.Result.load(tmp_path / "Extremes.npz").lam_min)
+    assert math.isnan(ls.Result.load(tmp_path / "TraceEstimate.npz").trace)
+
+
 def test_bad_operators_and_arguments_are_one_line_errors():
     with pytest.raises(ArgumentError, match="square"):
         ls.lanczos_extremes(np.ones((3, 4)))
