@@ -38,6 +38,9 @@ _LAZY = {
     "gradcam": "gradcam", "CAM": "gradcam",
     "train": "train",
     "AngularStats": "embedding",
+    "lanczos_extremes": "hessian", "hessian_eigenvalues": "hessian", "hessian_directions": "hessian",
+    "trace": "hessian", "layer_spectra": "hessian", "Extremes": "hessian", "Eigenvalues": "hessian",
+    "TraceEstimate": "hessian", "Density": "hessian", "LayerSpectra": "hessian",
 }
 
 

@@ -30,6 +30,7 @@ RESULT_MODULES = {
     "Surface": "surface", "Curve": "surface",
     "Directions": "directions",
     "EigenMap": "hessian", "Density": "hessian",
+    "Extremes": "hessian", "Eigenvalues": "hessian", "TraceEstimate": "hessian", "LayerSpectra": "hessian",
     "Features": "features",
     "Embedding": "embedding", "Sphere": "embedding", "StatsTable": "embedding", "AngularStats": "embedding",
     "Phenotype": "phenotype", "PhenotypeDifference": "phenotype",

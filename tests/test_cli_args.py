@@ -71,8 +71,6 @@ def test_the_same_checks_guard_hessian_and_bench(tmp_path, capsys):
     assert not (tmp_path / "h").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="hessian --max-iter is checked by the hessian command (issue 22.6, "
-                                       "Hessian engineer); remove this marker when it is")
 def test_hessian_max_iter_0(tmp_path, capsys):
     code = main(["hessian", str(CKPT), "--grid", "1", "--subset", "10", "--max-iter", "0", "--contour-grid", "0",
                  "--no-plots", "--quiet", "--out", str(tmp_path / "h")])

@@ -46,11 +46,11 @@ def test_extremes_match_dense_eigenvalues(op64, spectrum):
     assert abs(lo - lo_true) <= 1e-3 * scale and abs(hi - hi_true) <= 1e-3 * scale
     assert abs(ext.ratio - abs(lo_true / hi_true)) <= 0.01
     # the Ritz vectors really are near-eigenvectors with the reported residuals
-    H = op64.dense()
+    H = op64.dense().numpy()
     for k, lam in enumerate((lo, hi)):
         u = ext.vectors[:, k]
-        assert float(u.norm()) == pytest.approx(1.0, abs=1e-10)
-        assert float((H @ u - lam * u).norm()) == pytest.approx(ext.residuals[k], rel=1e-4, abs=1e-10)
+        assert np.linalg.norm(u) == pytest.approx(1.0, abs=1e-10)
+        assert np.linalg.norm(H @ u - lam * u) == pytest.approx(ext.residuals[k], rel=1e-4, abs=1e-10)
 
 
 def test_extremes_unpack_repr_and_determinism(tiny, op64):
@@ -234,7 +234,7 @@ def test_cuda_extremes_and_map_match_cpu(tiny_checkpoint, digits_test):
     cpu, gpu = ls.load_checkpoint(path, device="cpu"), ls.load_checkpoint(path, device="cuda")
     a = ls.hessian_extremes(cpu, data, dtype=torch.float64)
     b = ls.hessian_extremes(gpu, data, dtype=torch.float64)
-    assert b.vectors.is_cuda
+    assert b.meta["digest"] == a.meta["digest"] and b.vectors.shape == a.vectors.shape
     assert b.lam_min == pytest.approx(a.lam_min, rel=1e-6) and b.lam_max == pytest.approx(a.lam_max, rel=1e-6)
     dirs = ls.random_directions(cpu.model, n=2, seed=0)
     kw = dict(x=(-0.5, 0.5, 2), y=(-0.5, 0.5, 2), dtype=torch.float64, progress=False)

@@ -281,11 +281,12 @@ steps = 5
 range = [-0.5, 1.5]
 
 [[figure]]
-kind = "spectral_density"
+kind = "eigen_ratio"
 models = ["ce", "mam"]
-probes = 1
-steps = 4
+grid = 2
+contour_grid = 3
 subset = 40
+tol = 0.1
 """
 
 
@@ -294,14 +295,14 @@ def test_captions_name_every_model_and_curves_share_one_figure(tmp_path):
     for rec in report["figures"]:
         for model in rec["models"]:
             assert Path(model["file"]).stem in rec["caption"], (rec["id"], model["name"])
-    line, density = report["figures"]
+    line, eigen = report["figures"]
     # the three models' curves are one figure with one x range, not one file per model
     assert line["files"] == ["01-interpolation.png", "01-interpolation.json"]
     values = json.loads((tmp_path / "captions" / "01-interpolation.json").read_text())["values"]
     assert [c["title"] for c in values["curves"]] == ["ce", "mam", "a2"] and values["t_range"] == [-0.5, 1.5]
     # several plots of one figure: each keeps its own caption in the index
     index = (tmp_path / "captions" / "index.html").read_text()
-    assert index.count("<figcaption>") == 2 and len(density["plots"]) == 2
+    assert index.count("<figcaption>") == 2 and len(eigen["plots"]) == 2
 
 
 PORTABILITY = """\

@@ -18,7 +18,8 @@ from .figure import Plot
 _NAMES = {
     **dict.fromkeys(("contour", "contourf", "surface3d", "curve", "curves", "compare", "trajectory", "to_vtk",
                      "draw_contour", "levels_for", "masked", "caption", "axis_labels"), "surface"),
-    **dict.fromkeys(("eigen_ratio", "spectral_density", "draw_map"), "hessian"),
+    **dict.fromkeys(("eigen_ratio", "spectral_density", "draw_map", "hessian_plane", "layer_spectra", "layer_table",
+                    "shared_limits"), "hessian"),
     **dict.fromkeys(("embedding", "embedding_grid", "hypersphere", "hypersphere_grid", "stats_table",
                      "class_colors"), "embedding"),
     **dict.fromkeys(("phenotype_curves", "phenotype_surface", "phenotype_difference"), "phenotype"),

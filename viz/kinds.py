@@ -17,6 +17,7 @@ import numpy as np
 import landscape as ls
 from landscape.embedding import PROJECTIONS
 from landscape.gradcam import METHODS
+from landscape.hessian import DIRECTION_SCALES
 
 from .embedding import embedding_grid, hypersphere_grid, stats_table
 from .gradcam import gradcam_compare, gradcam_grid
@@ -159,9 +160,13 @@ def _eigen_compute(ctx, fig):
 
 
 def _eigen_draw(results, fig):
-    # the models' loss contours are compared side by side: one set of round levels for all of them
+    from .hessian import shared_limits
+
+    # the models are compared side by side: one set of round contour levels and one colour scale for all of them,
+    # so that equal colours mean equal values
     levels = levels_for([results[f"{m}/surface"].loss for m in fig.models])
-    return {m: eigen_ratio(results[f"{m}/eigen"], results[f"{m}/surface"], levels=levels,
+    limits = shared_limits([results[f"{m}/eigen"] for m in fig.models])
+    return {m: eigen_ratio(results[f"{m}/eigen"], results[f"{m}/surface"], levels=levels, limits=limits,
                            title=f"{m}: Hessian eigenvalue ratio") for m in fig.models}
 
 
@@ -183,7 +188,8 @@ def _density_compute(ctx, fig):
 
 
 def _density_draw(results, fig):
-    return {m: spectral_density(results[m], log=fig.opts["log"], title=f"{m}: Hessian spectrum") for m in fig.models}
+    # every model's density in one figure, on a shared x range
+    return {"": spectral_density({m: results[m] for m in fig.models}, log=fig.opts["log"], title="Hessian spectra")}
 
 
 kind("spectral_density", "Hessian spectral density (stochastic Lanczos quadrature)",
@@ -192,6 +198,78 @@ kind("spectral_density", "Hessian spectral density (stochastic Lanczos quadratur
       "log": flag(True, style=True, help="logarithmic density axis")},
      [Step("density", {"probes": "probes", "steps": "steps", "subset": "subset"})],
      tolerance=ITERATIVE)((_density_compute, _density_draw))
+
+
+def _hessian_plane_compute(ctx, fig):
+    """Per model: the Hessian's eigenvectors at the centre (cached Directions) and the surface along them."""
+    out = {}
+    for m in fig.models:
+        ck = ctx.checkpoint(m)
+
+        def directions(p, ck=ck):
+            return ls.hessian_directions(ck, ctx.data(fig), k=2, which=p["which"], scale=p["scale"],
+                                         subset=p["subset"], seed=ctx.seed, tol=p["tol"])
+
+        dirs = ctx.cached(fig, "hessian-dirs", m, directions)
+
+        def surface(p, ck=ck, dirs=dirs):
+            return ls.surface(ck, ctx.data(fig), dirs, x=_axis(p), y=_axis(p), subset=p["subset"], seed=ctx.seed,
+                              verbose=ctx.verbose)
+
+        out[m] = ctx.cached(fig, "hessian-plane", m, surface)
+    return out
+
+
+def _hessian_plane_draw(results, fig):
+    from .hessian import hessian_plane
+
+    return {"": hessian_plane({m: results[m] for m in fig.models}, log=fig.opts["log"],
+                              n_levels=fig.opts["n_levels"])}
+
+
+# ITERATIVE: eigenvectors from Lanczos move with last-bit differences, and the surface along them with them.
+# Log levels by default: the saddle at the centre is shallow (lambda_min ~ -0.6 against lambda_max ~ 9 on digits).
+# tol 1e-6: the bottom of the spectrum is a cluster (-0.594, -0.587, -0.572 for mlp-ce), and an eigenvector's error is
+# about residual / gap, so 1e-3 would leave v_min a mixture of the cluster that moves between machines.
+_HESSIAN_DIRS = Step("hessian-dirs", {"which": "which", "scale": "scale", "subset": "subset", "tol": "tol"})
+kind("hessian_plane", "Loss over the plane of the Hessian's extreme eigenvectors (v_max, v_min), where saddles show",
+     {"grid": integer(31, 2, GRID_MAX, help="points per axis"),
+      "range": interval([-0.5, 0.5], help="coordinates [low, high] on both eigenvectors"), "subset": SUBSET,
+      "which": choice("BE", ("BE", "LA", "SA"), help="both ends (v_max, v_min), the top two or the bottom two"),
+      "tol": number(1e-6, 0.0, 0.5, open_min=True, help="Lanczos residual relative to the spectral radius"),
+      "scale": choice("unit", DIRECTION_SCALES, help="unit eigenvectors or scaled to the weights' norm"),
+      "log": flag(True, style=True, help="logarithmic loss levels"), "n_levels": N_LEVELS},
+     [_HESSIAN_DIRS, Step("hessian-plane", {"grid": "grid", "range": "range", "subset": "subset"},
+                          after=("hessian-dirs",))],
+     tolerance=ITERATIVE)((_hessian_plane_compute, _hessian_plane_draw))
+
+
+def _layers_compute(ctx, fig):
+    def compute(ck):
+        return lambda p: ls.layer_spectra(ck, ctx.data(fig), groups=p["groups"], subset=p["subset"], seed=ctx.seed,
+                                          n_probes=p["probes"], steps=p["steps"], trace_probes=p["trace_probes"],
+                                          tol=p["tol"], verbose=ctx.verbose)
+
+    return {m: ctx.cached(fig, "layer-spectra", m, compute(ctx.checkpoint(m))) for m in fig.models}
+
+
+def _layers_draw(results, fig):
+    from .hessian import layer_spectra, layer_table
+
+    res = {m: results[m] for m in fig.models}
+    return {"": layer_spectra(res, log=fig.opts["log"]), "table": layer_table(res)}
+
+
+kind("layer_spectra", "Per-layer Hessian spectra: densities of each layer's block stacked by depth, and a table",
+     {"groups": choice("layer", ("layer", "parameter"), help="one block per layer or per parameter tensor"),
+      "subset": SUBSET, "probes": integer(4, 1, 1000, help="Gaussian probe vectors of each density"),
+      "steps": integer(60, 2, 1000, help="Lanczos steps per probe"),
+      "trace_probes": integer(100, 1, 100000, help="Hutchinson probes of each block's trace"),
+      "tol": number(1e-3, 0.0, 0.5, open_min=True, help="Lanczos residual of each block's extremes"),
+      "log": flag(True, style=True, help="logarithmic density axis")},
+     [Step("layer-spectra", {"groups": "groups", "subset": "subset", "probes": "probes", "steps": "steps",
+                             "trace_probes": "trace_probes", "tol": "tol"})],
+     tolerance=ITERATIVE)((_layers_compute, _layers_draw))
 
 
 # -- feature geometry ---------------------------------------------------------------------

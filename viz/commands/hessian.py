@@ -5,23 +5,35 @@ of a plane through the weights (random filter-normalised directions, biases and 
 as for ``landscape surface`` with the same --seed), and the loss surface of the same plane for
 the contour. Writes ``eigenmap.npz``, ``surface.npz`` and ``eigen_ratio.png``/``.json`` to --out;
 with --density also the SLQ spectral density (``density.npz``, ``density.png``) and a Hutchinson
-trace (``trace.json``) at the centre. Work is flushed chunk by chunk; --resume continues a killed
-run. Under torchrun the grid is sharded over the ranks.
+trace (``trace.npz``) at the centre; with --layers the per-layer spectra (``layers.npz``,
+``layers.png``, ``layers-table.png``); with --eigvecs the Hessian's extreme eigenvectors
+``(v_max, v_min)`` as directions (``eigvecs.npz``, for ``landscape surface --dirs``).
+
+The values printed are those at the plane's centre (0, 0), computed there when the grid does not
+contain it. Work is flushed chunk by chunk; --resume continues a killed run, reusing every stage
+that had finished. A finished run is never overwritten without --overwrite. Under torchrun the
+grid is sharded over the ranks.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from landscape.errors import OutputError, check_scalar
 from viz.cli import add_common, add_plane_options, load_checkpoint, parse_grid, parse_range
 
 EPILOG = """examples:
   landscape hessian trained_models/mlp-ce.safetensors --grid 11 --out runs/hessian-ce
   landscape hessian trained_models/cnn-ce.safetensors --grid 9 --range -0.5 0.5 --subset 200
   landscape hessian trained_models/mlp-ce.safetensors --grid 1 --density     # centre only, plus density
+  landscape hessian trained_models/mlp-ce.safetensors --grid 1 --contour-grid 0 --layers --eigvecs
   landscape hessian trained_models/mlp-ce.safetensors --out runs/hessian-ce --resume
   torchrun --nproc_per_node 2 -m viz.cli hessian trained_models/resnet-ce.safetensors --grid 11
 """
+
+# what each stage writes (a rerun without --resume or --overwrite must not replace any of them)
+OUTPUTS = {"map": "eigenmap.npz", "surface": "surface.npz", "density": "density.npz", "trace": "trace.npz",
+           "layers": "layers.npz", "eigvecs": "eigvecs.npz"}
 
 
 def register(sub) -> None:
@@ -40,38 +52,97 @@ def register(sub) -> None:
     p.add_argument("--density", action="store_true",
                    help="also the spectral density (SLQ) and Hutchinson trace at the centre")
     p.add_argument("--probes", type=int, default=4, help="SLQ probes with --density (default: 4)")
+    p.add_argument("--layers", action="store_true",
+                   help="also the per-layer spectra at the centre (extremes, trace, density of each layer's block)")
+    p.add_argument("--eigvecs", action="store_true",
+                   help="also save the extreme eigenvectors (v_max, v_min) at the centre as directions")
+    if not any("--overwrite" in a.option_strings for a in p._actions):  # the shared options may provide it
+        p.add_argument("--overwrite", action="store_true", help="replace the results of a finished run in --out")
     add_common(p, out="runs/hessian")
     p.set_defaults(func=run)
 
 
+def _check(args) -> None:
+    """The command's own options, checked before any work (one line, exit 2)."""
+    check_scalar(args.max_iter, "--max-iter", int, min=1)
+    check_scalar(args.tol, "--tol", float, min=0, max=1, include_min=False, include_max=False)
+    check_scalar(args.probes, "--probes", int, min=1)
+    check_scalar(args.contour_grid, "--contour-grid", int, min=0)
+    check_scalar(args.chunk_size, "--chunk-size", int, min=1)
+    check_scalar(args.subset, "--subset", int, min=1, allow_none=True)
+    check_scalar(args.batch_size, "--batch-size", int, min=1, allow_none=True)
+
+
+def _stages(args) -> list[str]:
+    return (["map"] + (["surface"] if args.contour_grid > 0 else []) + (["density", "trace"] if args.density else [])
+            + (["layers"] if args.layers else []) + (["eigvecs"] if args.eigvecs else []))
+
+
+def _refuse_overwrite(out: Path, stages: list[str], args) -> None:
+    """A rerun into a finished --out needs --resume (reuse) or --overwrite (replace); say so before any work."""
+    if args.resume or getattr(args, "overwrite", False):
+        return
+    done = [OUTPUTS[s] for s in stages if (out / OUTPUTS[s]).exists()]
+    if done:
+        raise OutputError(f"{out} holds results of a finished run ({', '.join(done)}); pass --resume to reuse them or "
+                          "--overwrite to compute them again.")
+
+
+def _reuse(path: Path, args, expect: dict):
+    """The result at ``path`` when --resume is given and it was made with the same inputs ``expect``, else None."""
+    if not args.resume or getattr(args, "overwrite", False) or not path.exists():
+        return None
+    from landscape.results import Result
+
+    result = Result.load(path)
+    return result if all(result.meta.get(k) == v for k, v in expect.items()) else None
+
+
 def run(args) -> int:
+    import numpy as np
     import torch
 
     import landscape as ls
     from landscape.distributed import init_distributed
 
+    _check(args)
     rank, _, device = init_distributed(args.device)
     nx, ny = parse_grid(args.grid, False)
     xr, yr = parse_range(args.range, False)
+    out = Path(args.out)
+    stages = _stages(args)
+    _refuse_overwrite(out, stages, args)
     ck = load_checkpoint(args, args.checkpoint, device)
     data = ls.load_dataset(args.data, split=args.split).subset(args.subset, seed=args.seed)
-    out = Path(args.out)
-    progress = False if args.quiet else None
+    verbose = False if args.quiet else None
     dtype = torch.float64 if args.float64 else torch.float32
     dirs = ls.random_directions(ck.model, n=2, seed=args.seed)
+    overwrite = getattr(args, "overwrite", False)
     emap = ls.eigen_ratio_map(ck, data, dirs, x=(*xr, nx), y=(*yr, ny), seed=args.seed, params=args.params,
                               dtype=dtype, batch_size=args.batch_size, tol=args.tol, max_iter=args.max_iter,
-                              out=out / "eigenmap.npz", resume=args.resume, chunk_size=args.chunk_size,
-                              progress=progress)
+                              out=out / OUTPUTS["map"], resume=args.resume, overwrite=overwrite,
+                              chunk_size=args.chunk_size, verbose=verbose)
     surf = None
-    if args.contour_grid > 0:
-        surf = ls.surface(ck, data, dirs, x=(*xr, args.contour_grid), y=(*yr, args.contour_grid), seed=args.seed,
-                          out=out / "surface.npz", resume=args.resume, progress=progress)
+    if "surface" in stages:
+        gx, gy = (*xr, args.contour_grid), (*yr, args.contour_grid)
+        surf = _reuse(out / OUTPUTS["surface"], args, {"digest": ck.digest, "data": data.name, "seed": args.seed,
+                                                        "grid": [args.contour_grid] * 2,
+                                                        "x_range": list(xr), "y_range": list(yr)})
+        if surf is not None and not np.array_equal(surf.directions, dirs.vectors, equal_nan=True):
+            surf = None
+        if surf is None:
+            surf = ls.surface(ck, data, dirs, x=gx, y=gy, seed=args.seed, out=out / OUTPUTS["surface"],
+                              resume=args.resume, verbose=verbose)
     if rank != 0:
         return 0
-    written = [out / "eigenmap.npz"] + ([out / "surface.npz"] if surf is not None else [])
+    written = [out / OUTPUTS[s] for s in ("map", "surface") if s in stages]
+    options = {"digest": ck.digest, "data": data.name, "seed": args.seed, "dtype": str(dtype).replace("torch.", "")}
     if args.density:
-        written += _density(ck, data, args, dtype, out)
+        written += _density(ck, data, args, dtype, out, options)
+    if args.layers:
+        written += _layers(ck, data, args, dtype, out, options)
+    if args.eigvecs:
+        written += _eigvecs(ck, data, args, dtype, out, options)
     if not args.no_plots:
         from viz.hessian import eigen_ratio
 
@@ -79,26 +150,32 @@ def run(args) -> int:
         written += plot.save(out / "eigen_ratio")
         plot.close()
     if not args.quiet:
-        j, i = len(emap.y) // 2, len(emap.x) // 2
-        print(f"{ck.name}: {nx} x {ny} Hessian map on {len(data)} samples; at the grid centre lambda_min "
-              f"{emap.lam_min[j, i]:.4g}, lambda_max {emap.lam_max[j, i]:.4g}, ratio {emap.ratio[j, i]:.4g}; "
-              f"{emap.hvps.mean():.1f} HVPs per point, {int((~emap.converged).sum())} unconverged")
+        _summary(ck, data, emap, nx, ny)
         for path in written:
             print(f"  wrote {path}")
     return 0
 
 
-def _density(ck, data, args, dtype, out: Path) -> list[Path]:
-    import landscape as ls
-    from landscape.io import write_json
+def _summary(ck, data, emap, nx: int, ny: int) -> None:
+    c = emap.centre
+    where = "a grid point" if c["on_grid"] else "computed there"
+    bad = emap.meta.get("non_finite", 0)
+    print(f"{ck.name}: {nx} x {ny} Hessian map on {len(data)} samples; at the centre (0, 0) ({where}) lambda_min "
+          f"{c['lam_min']:.4g}, lambda_max {c['lam_max']:.4g}, ratio {c['ratio']:.4g}; {emap.hvps.mean():.1f} HVPs per "
+          f"point, {int((~emap.converged).sum())} unconverged" + (f", {bad} non-finite (NaN)" if bad else ""))
 
-    dens = ls.spectral_density(ck, data, n_probes=args.probes, seed=args.seed, params=args.params, dtype=dtype,
-                               batch_size=args.batch_size)
-    trace = ls.hessian_trace(ck, data, seed=args.seed, params=args.params, dtype=dtype, batch_size=args.batch_size)
-    written = [dens.save(out / "density.npz"),
-               write_json(out / "trace.json", {"trace": trace.trace, "stderr": trace.stderr,
-                                               "n_probes": trace.n_probes, "checkpoint": ck.name,
-                                               "samples": len(data), "params": args.params, "seed": args.seed})]
+
+def _density(ck, data, args, dtype, out: Path, options: dict) -> list[Path]:
+    import landscape as ls
+
+    common = dict(seed=args.seed, params=args.params, dtype=dtype, batch_size=args.batch_size)
+    dens = _reuse(out / OUTPUTS["density"], args, {**options, "n_probes": args.probes, "params": args.params})
+    if dens is None:
+        dens = ls.spectral_density(ck, data, n_probes=args.probes, **common)
+    trace = _reuse(out / OUTPUTS["trace"], args, {**options, "params": args.params})
+    if trace is None:
+        trace = ls.hessian_trace(ck, data, **common)
+    written = [dens.save(out / OUTPUTS["density"]), trace.save(out / OUTPUTS["trace"])]
     if not args.no_plots:
         from viz.hessian import spectral_density
 
@@ -106,5 +183,42 @@ def _density(ck, data, args, dtype, out: Path) -> list[Path]:
         written += plot.save(out / "density")
         plot.close()
     if not args.quiet:
-        print(f"{ck.name}: Hessian trace {trace.trace:.4g} +- {trace.stderr:.2g} (Hutchinson, {trace.n_probes} probes)")
+        lo, hi = trace.interval
+        print(f"{ck.name}: Hessian trace {trace.trace:.4g} +- {trace.stderr:.2g} (95% interval [{lo:.4g}, {hi:.4g}], "
+              f"Hutchinson, {trace.n_probes} probes)")
     return written
+
+
+def _layers(ck, data, args, dtype, out: Path, options: dict) -> list[Path]:
+    import landscape as ls
+
+    spectra = _reuse(out / OUTPUTS["layers"], args, options)
+    if spectra is None:
+        spectra = ls.layer_spectra(ck, data, seed=args.seed, dtype=dtype, batch_size=args.batch_size, tol=args.tol,
+                                   max_iter=args.max_iter, verbose=False if args.quiet else None)
+    written = [spectra.save(out / OUTPUTS["layers"])]
+    if not args.no_plots:
+        from viz.hessian import layer_spectra, layer_table
+
+        for name, plot in (("layers", layer_spectra(spectra)), ("layers-table", layer_table(spectra))):
+            written += plot.save(out / name)
+            plot.close()
+    if not args.quiet:
+        for row in spectra.table():
+            print(f"  {row['group']:<24} {row['size']:>8} parameters: lambda_min {row['lam_min']:.4g}, lambda_max "
+                  f"{row['lam_max']:.4g}, trace {row['trace']:.4g} +- {row['trace_stderr']:.2g}")
+    return written
+
+
+def _eigvecs(ck, data, args, dtype, out: Path, options: dict) -> list[Path]:
+    import landscape as ls
+
+    dirs = _reuse(out / OUTPUTS["eigvecs"], args, {**options, "params": args.params})
+    if dirs is None:
+        dirs = ls.hessian_directions(ck, data, k=2, which="BE", seed=args.seed, params=args.params, dtype=dtype,
+                                     batch_size=args.batch_size, tol=args.tol)
+    if not args.quiet:
+        lam = dirs.meta["eigenvalues"]
+        print(f"{ck.name}: eigenvectors v_max (lambda {lam[0]:.4g}) and v_min (lambda {lam[1]:.4g}) saved; draw the "
+              f"loss along them with `landscape surface {args.checkpoint} --dirs {out / OUTPUTS['eigvecs']}`")
+    return [dirs.save(out / OUTPUTS["eigvecs"])]
