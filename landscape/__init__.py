@@ -37,6 +37,8 @@ _LAZY = {
     "Embedding": "embedding", "Sphere": "embedding",
     "gradcam": "gradcam", "CAM": "gradcam",
     "train": "train",
+    "neural_collapse": "collapse", "NeuralCollapse": "collapse", "collapse_curve": "collapse",
+    "CollapseCurve": "collapse", "cka": "cka", "cka_matrix": "cka", "CKAMatrix": "cka",
 }
 
 

@@ -34,6 +34,7 @@ RESULT_MODULES = {
     "Embedding": "embedding", "Sphere": "embedding", "StatsTable": "embedding",
     "Phenotype": "phenotype", "PhenotypeDifference": "phenotype",
     "CAM": "gradcam",
+    "NeuralCollapse": "collapse", "CollapseCurve": "collapse", "CKAMatrix": "cka",
 }
 
 
