@@ -12,7 +12,7 @@ from landscape._package import shield
 from .figure import Plot
 
 # submodules searched, in order, for a public figure function
-_MODULES = ("surface", "hessian", "embedding", "phenotype", "gradcam", "report")
+_MODULES = ("surface", "hessian", "embedding", "phenotype", "gradcam", "report", "geometry")
 
 
 # viz.embedding(emb) is the figure function of its module viz.embedding

@@ -306,3 +306,77 @@ def _cam_draw(results, opts, ctx):
 
 kind("gradcam", "Grad-CAM heat maps and Guided Grad-CAM of the same test images",
      {"images": 6, "method": "guided-gradcam", "layer": None}, {})((_cam_compute, _cam_draw))
+
+
+# -- feature geometry II: neural collapse and CKA (issue 16) --------------------------------
+def _collapse_compute(ctx, opts):
+    """One CollapseCurve per snapshot folder and, for ``models``, the metrics of each final checkpoint."""
+    from pathlib import Path
+
+    from landscape.collapse import collapse_curve, neural_collapse, snapshot_paths
+
+    data = ctx.data(opts["split"])
+    common = {"data": ctx.data_spec, "split": opts["split"], "layer": opts["layer"], "subset": opts["subset"],
+              "seed": ctx.seed}
+    out = {}
+    for folder in opts["snapshots"]:
+        cks = [ls.load_checkpoint(p, device=ctx.device, trust_code=ctx.trust_code)
+               for p in snapshot_paths(ctx.root / folder)]
+        name = Path(folder).name
+        out[f"curve/{name}"] = ctx.cached("collapse-curve", {"snapshots": [ck.digest for ck in cks], **common},
+                                          lambda cks=cks, name=name: collapse_curve(
+                                              cks, data, layer=opts["layer"], name=name, subset=opts["subset"],
+                                              seed=ctx.seed, verbose=False))
+    for m in opts["models"]:
+        ck = ctx.checkpoint(m)
+        out[f"final/{m}"] = ctx.cached("collapse", {"ck": ck.digest, **common}, lambda ck=ck: neural_collapse(
+            ck, data=data, layer=opts["layer"], subset=opts["subset"], seed=ctx.seed))
+    return out
+
+
+def _collapse_draw(results, opts, ctx):
+    from .geometry import collapse_curves, collapse_table
+
+    curves = {k.split("/", 1)[1]: r for k, r in results.items() if k.startswith("curve/")}
+    finals = {k.split("/", 1)[1]: r for k, r in results.items() if k.startswith("final/")}
+    plots = {"": collapse_curves(curves, log=opts["log"])} if curves else {}
+    if finals:
+        plots["table"] = collapse_table(finals)
+    return plots
+
+
+# NC1-NC3 come from class statistics of forward-pass features (~1e-7 relative between machines); NC4 and the
+# accuracy count samples, and a sample on a decision boundary may flip between CPUs: one sample of 1437 is 7e-4.
+COLLAPSE_TOLERANCE = {"rtol": 1e-4, "atol": 1e-6, "paths": {"*.nc4": {"atol": 2e-3}, "*.accuracy": {"atol": 2e-3}}}
+
+kind("collapse", "Neural collapse (Papyan et al. 2020): NC1-NC4 against epoch per loss, and of final checkpoints",
+     {"snapshots": ["trained_models/snapshots/mlp-ce"], "split": "train", "layer": None, "subset": None},
+     {"log": True}, uses_models=False, tolerance=COLLAPSE_TOLERANCE)((_collapse_compute, _collapse_draw))
+
+
+def _cka_compute(ctx, opts):
+    from landscape.errors import SpecError
+
+    models = opts["models"]
+    if len(models) not in (1, 2):
+        raise SpecError(f"cka: models = {models} must name one checkpoint (compared with itself) or two.")
+    a = ctx.checkpoint(models[0])
+    b = ctx.checkpoint(models[-1]) if len(models) == 2 else None
+    inputs = {"a": a.digest, "b": b.digest if b is not None else None, "data": ctx.data_spec,
+              **{k: opts[k] for k in ("split", "layers", "layers_b", "kernel", "threshold", "debiased", "minibatch",
+                                      "subset")}, "seed": ctx.seed}
+    return {"cka": ctx.cached("cka", inputs, lambda: ls.cka_matrix(
+        a, b, ctx.data(opts["split"]), layers=opts["layers"], layers_b=opts["layers_b"], kernel=opts["kernel"],
+        threshold=float(opts["threshold"]), debiased=opts["debiased"], minibatch=opts["minibatch"],
+        subset=opts["subset"], seed=ctx.seed, verbose=False))}
+
+
+def _cka_draw(results, opts, ctx):
+    from .geometry import cka_heatmap
+
+    return {"": cka_heatmap(results["cka"], annotate=opts["annotate"])}
+
+
+kind("cka", "Layer-by-layer CKA similarity (Kornblith et al. 2019) of two checkpoints, or of one with itself",
+     {"split": "test", "layers": None, "layers_b": None, "kernel": "linear", "threshold": 0.5, "debiased": None,
+      "minibatch": None, "subset": None}, {"annotate": None})((_cka_compute, _cka_draw))
