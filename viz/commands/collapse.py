@@ -67,7 +67,8 @@ def run(args) -> int:
 
     out = Path(args.out)
     runs = _runs(args)
-    check_outputs(out, ["collapse", "collapse-table", *(f"{name}-collapse" for name in runs)], input_files(args))
+    inputs = [*input_files(args), *(p for paths in runs.values() for p in paths)]
+    check_outputs(out, ["collapse", *(f"{name}-collapse" for name in runs)], inputs)
     first = load_checkpoint(args, next(iter(runs.values()))[0])
     data = ls.load_dataset(data_spec(args, first), split=args.split).subset(args.subset, seed=args.seed)
     curves, written = {}, []
