@@ -41,6 +41,8 @@ _LAZY = {
     "lanczos_extremes": "hessian", "hessian_eigenvalues": "hessian", "hessian_directions": "hessian",
     "trace": "hessian", "layer_spectra": "hessian", "Extremes": "hessian", "Eigenvalues": "hessian",
     "TraceEstimate": "hessian", "Density": "hessian", "LayerSpectra": "hessian",
+    "neural_collapse": "collapse", "NeuralCollapse": "collapse", "collapse_curve": "collapse",
+    "CollapseCurve": "collapse", "cka": "cka", "cka_matrix": "cka", "CKAMatrix": "cka",
 }
 
 

@@ -35,6 +35,7 @@ RESULT_MODULES = {
     "Embedding": "embedding", "Sphere": "embedding", "StatsTable": "embedding", "AngularStats": "embedding",
     "Phenotype": "phenotype", "PhenotypeDifference": "phenotype",
     "CAM": "gradcam",
+    "NeuralCollapse": "collapse", "CollapseCurve": "collapse", "CKAMatrix": "cka",
 }
 
 

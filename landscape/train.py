@@ -58,6 +58,7 @@ class Recipe:
     output: int | str | None = None  # the output adapter of a model whose forward returns more than logits
     optimizer: str = "sgd"
     threads: int = 1
+    snapshot_every: int = 1  # with snapshots: keep epoch 1, every this many epochs, and the last
 
 
 def _normalize(x: torch.Tensor, norm: dict) -> torch.Tensor:
@@ -180,9 +181,9 @@ ZOO: list[Recipe] = [
     Recipe("mlp-l-softmax", "mlp", loss="l-softmax", loss_kwargs={"m": 4, "beta": 5}, arch_kwargs=NO_BIAS),
     Recipe("mlp-a-softmax", "mlp", loss="a-softmax", loss_kwargs={"m": 4, "beta": 5}, arch_kwargs=NO_BIAS),
     Recipe("mlp-combined", "mlp", loss=SEED000_COMBINED, arch_kwargs=NO_BIAS),
-    Recipe("mlp-am-softmax", "mlp", loss="am-softmax", arch_kwargs=NO_BIAS),
+    Recipe("mlp-am-softmax", "mlp", loss="am-softmax", arch_kwargs=NO_BIAS, snapshots=True, snapshot_every=4),
     Recipe("mlp-sm-softmax", "mlp", loss="sm-softmax"),
-    Recipe("mlp-mam-softmax", "mlp", loss="mam-softmax"),
+    Recipe("mlp-mam-softmax", "mlp", loss="mam-softmax", snapshots=True, snapshot_every=4),
     Recipe("mlp-sce", "mlp", loss="sce"),
     Recipe("mlp-focal", "mlp", loss="focal"),
     Recipe("mlp-adma", "mlp", loss="adma"),
@@ -205,7 +206,7 @@ def build_zoo(out: str | Path = "trained_models", only: list[str] | None = None,
         snaps: list[str] = []
 
         def on_epoch(epoch, model, meta, r=r, snaps=snaps):
-            if r.snapshots:
+            if r.snapshots and (epoch == 1 or epoch % r.snapshot_every == 0 or epoch == r.epochs):
                 path = out / "snapshots" / r.name / f"epoch{epoch:03d}.{fmt}"
                 save_checkpoint(path, model, meta)
                 snaps.append(str(path.relative_to(out)))

@@ -26,7 +26,8 @@ from viz.report import KINDS, build_report, load_spec, plan_report
 # the toolkit functions the kinds call (ls.random_directions stays real: it is cheap and seeded)
 COMPUTATIONS = ("surface", "interpolate", "trajectory_directions", "eigen_ratio_map", "spectral_density",
                 "extract_features", "tsne", "hypersphere", "phenotype", "phenotype_difference", "gradcam",
-                "hessian_directions", "layer_spectra")
+                "hessian_directions", "layer_spectra", "cka_matrix",
+                "collapse_curve", "neural_collapse")
 MODEL = {"gradcam": "cnn"}  # the model each kind is tried with (default: the mlp)
 
 
@@ -86,6 +87,10 @@ def _alternative(kind: str, name: str, option: vr.Option, tmp_path):
             for p in sorted((ROOT / d).glob("*.safetensors"))[:5]:
                 shutil.copy(p, few / p.name)
         return str(few)
+    if option.type == "folders":  # another run added
+        return [*d, "trained_models/snapshots/mlp-mam-softmax"]
+    if option.type == "names":
+        return ["body.0", "head"]
     if option.type == "str":
         return {"reference": "CE"}.get(name, "another title")
     raise AssertionError(f"no alternative value for option type {option.type!r}: extend this test")

@@ -24,6 +24,7 @@ _NAMES = {
                      "class_colors"), "embedding"),
     **dict.fromkeys(("phenotype_curves", "phenotype_surface", "phenotype_difference"), "phenotype"),
     **dict.fromkeys(("gradcam_grid", "gradcam_compare"), "gradcam"),
+    **dict.fromkeys(("collapse_curves", "collapse_table", "cka_heatmap"), "geometry"),
     **dict.fromkeys(("build_report", "load_spec", "KINDS"), "report"),
 }
 

@@ -29,7 +29,8 @@ from typing import Callable, Iterable, Iterator
 
 from landscape.errors import ArgumentError, LandscapeError, check_scalar
 
-COMMANDS = ("info", "train", "surface", "hessian", "embed", "phenotype", "gradcam", "report", "bench")
+COMMANDS = ("info", "train", "surface", "hessian", "embed", "phenotype", "gradcam", "report", "bench",
+            "collapse", "cka")
 
 EPILOG = """examples:
   landscape info trained_models/mlp-ce.safetensors

@@ -15,6 +15,9 @@ import dataclasses
 import numpy as np
 
 import landscape as ls
+from pathlib import Path
+
+from landscape.cka import KERNELS as CKA_KERNELS
 from landscape.embedding import PROJECTIONS
 from landscape.gradcam import METHODS
 from landscape.hessian import DIRECTION_SCALES
@@ -23,8 +26,8 @@ from .embedding import embedding_grid, hypersphere_grid, stats_table
 from .gradcam import gradcam_compare, gradcam_grid
 from .hessian import eigen_ratio, spectral_density
 from .phenotype import phenotype_curves, phenotype_difference, phenotype_surface
-from .report import (ITERATIVE, Context, Figure, Step, choice, flag, folder, integer, interval, kind, layer,
-                     loss_spec, loss_specs, number, text)
+from .report import (ITERATIVE, Context, Figure, Option, Step, choice, flag, folder, folders, integer, interval,
+                     kind, layer, loss_spec, loss_specs, names, number, text)
 from .surface import compare, curves, levels_for, surface3d, trajectory
 
 # -- shared options and steps ---------------------------------------------------------------
@@ -428,3 +431,80 @@ kind("gradcam", "Grad-CAM heat maps and Guided Grad-CAM of the same test images"
       "method": choice("guided-gradcam", METHODS, help="the explanation"),
       "layer": layer(help="target layer (default: the last convolution)")},
      [Step("cam", {"images": "images", "method": "method", "layer": "layer"})])((_cam_compute, _cam_draw))
+
+
+# -- feature geometry II: neural collapse and CKA (issue 16) --------------------------------
+def _collapse_compute(ctx, fig):
+    """One CollapseCurve per snapshot folder, and the metrics of each of the figure's (final) checkpoints."""
+    def curve(p):
+        return ls.collapse_curve(ctx.snapshots[str(ctx.path(p["folder"]))], ctx.data(fig), layer=p["layer"],
+                              name=Path(p["folder"]).name, subset=p["subset"], seed=ctx.seed, verbose=False)
+
+    out = {f"curve/{Path(f).name}": ctx.cached(fig, "collapse-curve", f, curve) for f in fig.opts["snapshots"]}
+    for m in fig.models:
+        ck = ctx.checkpoint(m)
+        out[f"final/{m}"] = ctx.cached(fig, "collapse", m, lambda p, ck=ck: ls.neural_collapse(
+            ck, data=ctx.data(fig), layer=p["layer"], subset=p["subset"], seed=ctx.seed))
+    return out
+
+
+def _collapse_draw(results, fig):
+    from .geometry import collapse_curves, collapse_table
+
+    curves = {k.split("/", 1)[1]: r for k, r in results.items() if k.startswith("curve/")}
+    finals = {k.split("/", 1)[1]: r for k, r in results.items() if k.startswith("final/")}
+    return {"": collapse_curves(curves, log=fig.opts["log"]), "table": collapse_table(finals)}
+
+
+def _check_collapse(opts):
+    stems = [Path(f).name for f in opts["snapshots"]]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:  # the curves are named by their folders' names
+        return "snapshots", f"two snapshot folders are named {twice[0]!r}; rename one so that their curves differ."
+    return None
+
+
+# NC1-NC3 come from class statistics of forward-pass features (~1e-7 relative between machines); NC4 and the
+# accuracy count samples, and a sample on a decision boundary may flip between CPUs: one sample of 1437 is 7e-4.
+COLLAPSE_TOLERANCE = {"rtol": 1e-4, "atol": 1e-6, "paths": {"*.nc4": {"atol": 2e-3}, "*.accuracy": {"atol": 2e-3}}}
+_COLLAPSE_OPTIONS = {"layer": "layer", "subset": "subset"}
+
+kind("collapse", "Neural collapse (Papyan et al. 2020): NC1-NC4 against epoch per loss, and of final checkpoints",
+     {"snapshots": folders(["trained_models/snapshots/mlp-ce"], help="snapshot folders of training runs"),
+      "split": choice("train", ("train", "test"), help="data split (Papyan et al. use the training set)"),
+      "layer": layer(help="feature layer (default: the penultimate features, with the head as classifier)"),
+      "subset": SUBSET, "log": flag(True, style=True, help="logarithmic metric axes")},
+     [Step("collapse-curve", _COLLAPSE_OPTIONS, per="snapshots", item="folder"), Step("collapse", _COLLAPSE_OPTIONS)],
+     check=_check_collapse, tolerance=COLLAPSE_TOLERANCE)((_collapse_compute, _collapse_draw))
+
+
+def _cka_compute(ctx, fig):
+    a = ctx.checkpoint(fig.models[0])
+    b = ctx.checkpoint(fig.models[1]) if len(fig.models) == 2 else None
+
+    def compute(p):
+        return ls.cka_matrix(a, b, ctx.data(fig), layers=p["layers"], layers_b=p["layers_b"], kernel=p["kernel"],
+                             threshold=p["threshold"], debiased=p["debiased"], minibatch=p["minibatch"],
+                             subset=p["subset"], seed=ctx.seed, verbose=False)
+
+    return {"cka": ctx.cached(fig, "cka", None, compute)}
+
+
+def _cka_draw(results, fig):
+    from .geometry import cka_heatmap
+
+    return {"": cka_heatmap(results["cka"], annotate=fig.opts["annotate"])}
+
+
+_CKA_OPTIONS = ("split", "layers", "layers_b", "kernel", "threshold", "debiased", "minibatch", "subset")
+kind("cka", "Layer-by-layer CKA similarity (Kornblith et al. 2019) of two checkpoints, or of one with itself",
+     {"split": choice("test", ("train", "test"), help="data split of the examples"),
+      "layers": names(help="layers of the first model (default: every weighted layer)"),
+      "layers_b": names(help="layers of the second model (default: as layers)"),
+      "kernel": choice("linear", CKA_KERNELS, help="linear or RBF kernel"),
+      "threshold": number(0.5, 0.0, open_min=True, help="RBF bandwidth, a fraction of the median distance"),
+      "debiased": Option(None, "bool", optional=True, help="unbiased HSIC (default: with minibatches only)"),
+      "minibatch": integer(None, 4, optional=True, help="examples per batch of the minibatch estimator"),
+      "subset": SUBSET,
+      "annotate": Option(None, "bool", optional=True, style=True, help="write the values in the cells")},
+     [Step("cka", {k: k for k in _CKA_OPTIONS}, per=None)], max_models=2)((_cka_compute, _cka_draw))

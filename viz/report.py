@@ -83,8 +83,9 @@ class Option:
     type : str
         ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"choice"``, ``"interval"`` (``[low, high]``),
         ``"loss"`` (a loss spec with a phenotype), ``"losses"`` (a list of them), ``"layer"`` (a
-        layer name of the figure's models, checked when they are loaded) or ``"folder"`` (a folder
-        of checkpoint snapshots, relative to the spec).
+        layer name of the figure's models, checked when they are loaded), ``"names"`` (a list of
+        layer names), ``"folder"`` (a folder of checkpoint snapshots, relative to the spec) or
+        ``"folders"`` (a list of them).
     min, max : float, optional
         Range of a number; ``open_min`` excludes ``min`` itself.
     choices : tuple
@@ -140,13 +141,16 @@ class Option:
             return _check_loss(value, name)
         if kind == "losses":
             return _check_losses(value, name)
+        if kind in ("names", "folders"):
+            return _check_names(value, name, "snapshot folders" if kind == "folders" else "layer names")
         raise AssertionError(f"option type {kind!r} is not known")  # a kind declared a type that does not exist
 
     def describe(self) -> str:
         """What the option accepts, for ``landscape report --kinds``: ``int in [2, 1001], default 31``."""
         what = {"int": "int", "float": "number", "bool": "true/false", "str": "string", "interval": "[low, high]",
                 "loss": "loss spec", "losses": "list of loss specs", "layer": "layer name",
-                "folder": "folder of snapshots"}.get(self.type, "one of " + ", ".join(map(str, self.choices)))
+                "folder": "folder of snapshots", "folders": "list of snapshot folders",
+                "names": "list of layer names"}.get(self.type, "one of " + ", ".join(map(str, self.choices)))
         if self.min is not None or self.max is not None:
             lo = "" if self.min is None else f"{'(' if self.open_min else '['}{self.min:g}"
             hi = "" if self.max is None else f"{self.max:g}]"
@@ -220,6 +224,15 @@ def loss_spec(default: str, **kw) -> Option:
     return Option(default, "loss", **kw)
 
 
+def _check_names(value: Any, name: str, what: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ArgumentError(f"{name} must be a non-empty list of {what} (strings), got {value!r}.")
+    twice = sorted({v for v in value if value.count(v) > 1})
+    if twice:
+        raise ArgumentError(f"{name} names {twice} twice; list each once.")
+    return list(value)
+
+
 def loss_specs(default: list[str], **kw) -> Option:
     """A list of loss specs with phenotypes."""
     return Option(list(default), "losses", **kw)
@@ -233,6 +246,16 @@ def layer(**kw) -> Option:
 def folder(default: str, **kw) -> Option:
     """A folder of checkpoint snapshots, relative to the spec file."""
     return Option(default, "folder", **kw)
+
+
+def folders(default: list[str], **kw) -> Option:
+    """A list of folders of checkpoint snapshots, relative to the spec file (one result per folder)."""
+    return Option(list(default), "folders", **kw)
+
+
+def names(**kw) -> Option:
+    """A list of layer names of the figure's models (default None: the computation's own choice)."""
+    return Option(None, "names", optional=True, **kw)
 
 
 # -- declared computations -----------------------------------------------------------------
@@ -329,7 +352,8 @@ def kind(name: str, help: str, options: dict[str, Option], steps: Iterable[Step]
     for step in steps:
         for param, opt in step.options.items():
             assert opt in options and not options[opt].style, f"{name}: step {step.name} reads {opt!r}"
-        assert step.per in (None, "model") or options[step.per].type == "losses", f"{name}: step {step.name}"
+        assert step.per in (None, "model") or options[step.per].type in ("losses", "folders"), \
+            f"{name}: step {step.name}"
 
     def deco(pair):
         compute, draw = pair
@@ -751,9 +775,16 @@ class Context:
     def option_identity(self, fig: Figure, opt: str) -> Any:
         """An option's value as it enters a cache key; a folder of snapshots enters by the snapshots' digests."""
         value = fig.opts[opt]
-        if fig.kind.options[opt].type == "folder":
-            return [s.digest for s in self.snapshots[str(self.path(value))]]
+        kind = fig.kind.options[opt].type
+        if kind == "folder":
+            return self.snapshot_digests(value)
+        if kind == "folders":
+            return [self.snapshot_digests(v) for v in value]
         return value
+
+    def snapshot_digests(self, folder: str) -> list[str]:
+        """The digests of a snapshot folder's checkpoints (as written in the spec), in name order."""
+        return [s.digest for s in self.snapshots[str(self.path(folder))]]
 
     def provenance(self, name: str) -> dict:
         """Record of model ``name``: file, digest, architecture and loss."""
@@ -807,7 +838,10 @@ def cache_key(ctx: Context, fig: Figure, step: Step, item: Any) -> str:
     if step.per == "model":
         record["model"] = ctx.model_identity(item)
     elif step.per:
-        record["params"][step.item] = item
+        folders_ = fig.kind.options[step.per].type == "folders"
+        record["params"][step.item] = ctx.snapshot_digests(item) if folders_ else item
+    elif fig.models:  # one result of all the figure's models (a comparison of two checkpoints)
+        record["models"] = [ctx.model_identity(m) for m in fig.models]
     if step.data:
         record["data"] = ctx.data_identity(fig.data, fig.split)
     if step.seed:
@@ -930,6 +964,9 @@ def _load_resources(ctx: Context, fig: Figure) -> None:
                          f"figure {fig.id!r}, model {m!r}: ")
         elif option.type == "folder":
             _checked(spec, fig.n, name, lambda: _load_snapshots(ctx, value), f"figure {fig.id!r}: ")
+        elif option.type == "folders":
+            for v in value:
+                _checked(spec, fig.n, name, lambda v=v: _load_snapshots(ctx, v), f"figure {fig.id!r}: ")
 
 
 def _load_snapshots(ctx: Context, written: str) -> None:
@@ -940,7 +977,7 @@ def _load_snapshots(ctx: Context, written: str) -> None:
         raise ArgumentError(f"snapshots folder {written} does not exist (relative paths start at {ctx.root}).")
     paths = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt"))
     if len(paths) < 2:
-        raise ArgumentError(f"snapshots folder {written} holds {len(paths)} checkpoint snapshots; a trajectory "
+        raise ArgumentError(f"snapshots folder {written} holds {len(paths)} checkpoint snapshots; a training run "
                             "needs at least 2 (.safetensors or .pt files).")
     ctx.snapshots[str(folder)] = [ls.load_checkpoint(p, device="cpu", trust_code=ctx.trust_code) for p in paths]
     ctx.inputs += paths
