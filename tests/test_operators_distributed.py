@@ -35,6 +35,7 @@ def checkpoint():
 
 def compute(op_kwargs: dict) -> dict[str, np.ndarray]:
     """What is compared: Hessian products (float32, float64), GGN products, loss, gradient, extremes, trace, density."""
+    import landscape as ls
     from landscape.hessian import extremes, hessian_trace, spectral_density
     from landscape.hvp import GGNOperator, HessianOperator
 
