@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 
 from landscape.benchmarks import KINDS
 from viz.cli import add_common
@@ -11,13 +12,142 @@ from viz.cli import add_common
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks against peers (surface, hessian)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  landscape bench surface --grid 51\n  landscape bench hessian")
+                       epilog="examples:\n  landscape bench surface --grid 51\n"
+                              "  landscape bench hessian --arch resnet20 --threads 1")
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
     for kind in KINDS:
         module = importlib.import_module(f"landscape.benchmarks.{kind}")
         q = kinds.add_parser(kind, help=(module.__doc__ or kind).strip().splitlines()[0], description=module.__doc__,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(q)
-        add_common(q)
-        q.set_defaults(func=module.run)
+        if kind in ARGUMENTS:  # the benchmark returns numbers; this command parses options and prints them
+            ARGUMENTS[kind](q)
+            add_common(q)
+            q.set_defaults(func=RUNNERS[kind])
+        else:
+            module.add_arguments(q)
+            add_common(q)
+            q.set_defaults(func=module.run)
     p.set_defaults(func=lambda args: p.print_help())
+
+
+# -- bench hessian -------------------------------------------------------------------------------
+def hessian_arguments(q: argparse.ArgumentParser) -> None:
+    """Options of ``landscape bench hessian`` (see :func:`landscape.benchmarks.hessian.run`)."""
+    from landscape.benchmarks.hessian import SECTIONS
+
+    q.add_argument("--arch", default="resnet20",
+                   help="registered architecture, freshly initialised for 32x32x3 inputs (default: resnet20, or its "
+                        "stand-in until the zoo has it)")
+    q.add_argument("--checkpoint", default=None, help="measure this checkpoint instead of --arch")
+    q.add_argument("--data", default="synthetic", help="'synthetic' (default: seeded 32x32x3 images) or a dataset spec")
+    q.add_argument("--samples", type=int, default=256, help="samples of the objective (default: 256)")
+    q.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared machine)")
+    q.add_argument("--rounds", type=int, default=3, help="interleaved rounds of single-product timings (default: 3)")
+    q.add_argument("--grid", type=int, default=2, help="points per axis of the ratio map (default: 2)")
+    q.add_argument("--range", type=float, default=1.0, help="the map spans [-R, R]^2 (default: 1)")
+    q.add_argument("--tol", type=float, default=1e-3, help="the toolkit's Lanczos tolerance (default: 1e-3)")
+    q.add_argument("--probes", type=int, default=4, help="Hutchinson probes of the trace section (default: 4)")
+    q.add_argument("--probe-batch", type=int, default=4, help="vectors per graph in the batched row (default: 4)")
+    q.add_argument("--blocks", type=int, default=3, help="layers of the per-layer section (default: 3)")
+    q.add_argument("--li-batch", type=int, default=128, help="DataLoader batch of Li et al.'s product (default: 128)")
+    q.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
+    q.add_argument("--no-peer", action="store_true", help="skip pyhessian and Li et al.'s recipe")
+
+
+def run_hessian(args) -> int:
+    from landscape.benchmarks.hessian import run
+    from landscape.errors import check_scalar
+
+    for name in ("samples", "rounds", "grid", "probes", "probe_batch", "blocks", "li_batch"):
+        check_scalar(getattr(args, name), f"--{name.replace('_', '-')}", int, min=1)
+    result = run(checkpoint=args.checkpoint, arch=args.arch, data=args.data, samples=args.samples, seed=args.seed,
+                 device=args.device, threads=args.threads, rounds=args.rounds, grid=args.grid, range_=args.range,
+                 tol=args.tol, probes=args.probes, probe_batch=args.probe_batch, blocks=args.blocks,
+                 li_batch=args.li_batch, peers=not args.no_peer,
+                 sections=[s.strip() for s in args.only.split(",") if s.strip()], trust_code=args.trust_code)
+    print(format_hessian(result))
+    return 0
+
+
+def _ratio(a, b) -> str:
+    return "n/a" if a is None or b is None or not b else f"{a / b:.2f}x"
+
+
+def _num(x, fmt: str = ".3g") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def format_hessian(result: dict) -> str:
+    """The tables of ``landscape bench hessian`` from :func:`landscape.benchmarks.hessian.run`'s result."""
+    s = result["setup"]
+    lines = [f"hessian benchmark: {s['model']}, {s['parameters']:,} parameters; {s['data']}",
+             f"device {s['device']}, {s['threads']} threads, torch {s['torch']}; single products: best of "
+             f"{s['rounds']} interleaved rounds (median in brackets)"]
+    if "products" in result:
+        p = result["products"]
+        fwd, ph, ph1 = p["forward"], p["pyhessian"], p["pyhessian_first"]
+        lines += ["", f"products (batchnorm folded: {p['folded']})",
+                  f"{'method':58s} {'s/HVP':>9s} {'(median)':>9s} {'HVP/s':>7s} {'x forward':>10s} "
+                  f"{'x pyhessian':>12s}"]
+        for r in p["rows"]:
+            per = r["seconds"]
+            ref = ph1 if r["method"].startswith(("landscape: first", "pyhessian: first")) else ph
+            rate = f"{1 / per:7.2f}" if r["vectors"] else " " * 7
+            lines.append(f"{r['method']:58s} {per:9.4f} {r['median']:9.4f} {rate} {_ratio(per, fwd):>10s} "
+                         f"{(_ratio(per, ref) if r['vectors'] else ''):>12s}")
+        lines.append("(first-product rows are compared with pyhessian's first product, the others with its cached "
+                     "one)")
+    if "extremes" in result:
+        lines += ["", "extremes at the centre (residual ||Hu - theta u|| / |lambda_max| from extra untimed products)",
+                  f"{'method':42s} {'seconds':>9s} {'HVPs':>5s} {'lambda_min':>11s} {'lambda_max':>11s} "
+                  f"{'|ratio|':>8s} {'res min':>8s} {'res max':>8s} {'x Li':>7s}"]
+        rows = result["extremes"]["rows"]
+        li = next((r["seconds"] for r in rows if r["method"].startswith("Li")), None)
+        for r in rows:
+            lines.append(f"{r['method']:42s} {r['seconds']:9.2f} {r['hvps']:5d} {_num(r['lam_min'], '.5g'):>11s} "
+                         f"{_num(r['lam_max'], '.5g'):>11s} {_num(r['ratio'], '.4f'):>8s} "
+                         f"{_num(r['res_min'], '.1e'):>8s} {_num(r['res_max'], '.1e'):>8s} "
+                         f"{_ratio(r['seconds'], li):>7s}")
+    if "map" in result:
+        m = result["map"]
+        span = f"[-{m['range']:g}, {m['range']:g}]^2"
+        lines += ["", f"eigenvalue-ratio map: {m['grid']} x {m['grid']} points over {span}",
+                  f"{'method':42s} {'seconds':>9s} {'HVPs':>6s} {'max residual':>13s} {'x Li':>7s}"]
+        li = m.get("li", {}).get("seconds")
+        labels = (("landscape eigen_ratio_map (warm starts)", "landscape"), ("Li et al. eigsh per point", "li"))
+        for label, key in labels:
+            if key in m:
+                r = m[key]
+                lines.append(f"{label:42s} {r['seconds']:9.2f} {r['hvps']:6d} {r['max_residual']:13.1e} "
+                             f"{_ratio(r['seconds'], li):>7s}")
+        if "max_ratio_difference" in m:
+            lines.append(f"largest |ratio difference| between the two maps: {m['max_ratio_difference']:.2e}")
+    if "trace" in result:
+        lines += ["", "Hutchinson trace, the same Rademacher probes",
+                  f"{'method':50s} {'s/probe':>9s} {'probes':>6s} {'trace':>12s} {'x pyhessian':>12s} "
+                  f"{'max rel diff':>13s}"]
+        rows = result["trace"]["rows"]
+        ph = next((r["seconds"] for r in rows if r["method"].startswith("pyhessian")), None)
+        for r in rows:
+            lines.append(f"{r['method']:50s} {r['seconds']:9.3f} {r['probes']:6d} {r['trace']:12.6g} "
+                         f"{_ratio(r['seconds'], ph):>12s} {_num(r.get('max_difference'), '.1e'):>13s}")
+    if "blocks" in result:
+        b = result["blocks"]
+        lines += ["", f"per-layer (block) products H[layer, layer] v, {b['layers']} layers in all",
+                  f"{'block':42s} {'size':>8s} {'first s':>9s} {'s/HVP':>9s} {'(median)':>9s} {'HVP/s':>7s} "
+                  f"{'x all':>7s}"]
+        full = b["rows"][0]["seconds"]
+        for r in b["rows"]:
+            lines.append(f"{r['block']:42s} {r['size']:8d} {_num(r['first'], '.4f'):>9s} {r['seconds']:9.4f} "
+                         f"{r['median']:9.4f} {1 / r['seconds']:7.2f} {_ratio(r['seconds'], full):>7s}")
+    if "accuracy" in result:
+        lines += ["", "accuracy of one product against the float64 product (relative error of H v)"]
+        lines += [f"{r['method']:58s} {r['relative_error']:9.2e}" for r in result["accuracy"]["rows"]]
+    walls = ", ".join(f"{k} {result[k]['wall']:.0f} s" for k in result if k != "setup")
+    lines += ["", f"section wall times: {walls}"]
+    return "\n".join(lines)
+
+
+ARGUMENTS = {"hessian": hessian_arguments}
+RUNNERS = {"hessian": run_hessian}
