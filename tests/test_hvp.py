@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 import landscape as ls
 from landscape.errors import ArgumentError
-from landscape.hvp import HessianError, HessianOperator
+from landscape.hvp import GGNOperator, HessianError, HessianOperator
 from landscape.objective import loss_and_logits
 
 
@@ -313,9 +313,11 @@ def test_batched_products_fall_back_to_columns_and_say_so_once():
     x, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0])
     op = HessianOperator(model, ls.losses.get("ce"), x, y, dtype=torch.float64)
     eye = torch.eye(op.size, dtype=torch.float64)
+    assert op.probe_batch == 1  # the CPU default: one column at a time, even where a caller allows more
+    op = HessianOperator(model, ls.losses.get("ce"), x, y, dtype=torch.float64, probe_batch=4)
     with pytest.warns(RuntimeWarning, match="one column at a time") as record:
-        H = op.matmat(eye, block=4)
-        op.matmat(eye, block=4)
+        H = op.matmat(eye, block=8)
+        op.matmat(eye)
     assert len(record) == 1
     w, b = model.lin.weight.detach(), model.lin.bias.detach()
 
@@ -398,3 +400,27 @@ def test_folded_batchnorm_is_used_and_exact(tiny):
     assert folded.folded and not plain.folded
     V = torch.randn(626, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     assert torch.allclose(folded.matmat(V), plain.matmat(V), atol=1e-13, rtol=0)
+
+
+def test_batched_columns_equal_single_columns(tiny):
+    ck, data, _, _ = tiny
+    V = torch.randn(626, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    batched = HessianOperator.from_checkpoint(ck, data, dtype=torch.float64, probe_batch=3)
+    single = HessianOperator.from_checkpoint(ck, data, dtype=torch.float64)
+    assert torch.allclose(batched.matmat(V), single.matmat(V, block=5), atol=1e-13, rtol=0)
+    assert batched.hvps == single.hvps == 5
+
+
+@pytest.mark.gpu
+def test_cuda_products_equal_the_cpu_float64_products(tiny):
+    ck, data, _, _ = tiny
+    gpu = ls.load_checkpoint(ck.path, device="cuda")
+    V = torch.randn(626, 20, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    ref = HessianOperator.from_checkpoint(ck, data, dtype=torch.float64).matmat(V)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        op = HessianOperator.from_checkpoint(gpu, data, dtype=dtype)
+        assert op.device.type == "cuda" and op.probe_batch == 16 and op.folded
+        hv = op.matmat(V).double().cpu()
+        assert torch.linalg.matrix_norm(hv - ref) <= tol * torch.linalg.matrix_norm(ref)
+    G = GGNOperator.from_checkpoint(gpu, data, dtype=torch.float64).matmat(V).cpu()
+    assert torch.allclose(G, GGNOperator.from_checkpoint(ck, data, dtype=torch.float64).matmat(V), atol=1e-12)

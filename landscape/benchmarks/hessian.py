@@ -271,7 +271,7 @@ def _products(ctx: dict) -> dict:
     v = torch.randn(op.size, generator=gen).to(dev)
     V = torch.randn(op.size, k, generator=gen).to(dev)
     ops = {"plain": make(fold=False), "acc": make(batch_size=acc_bs), "bf16": make(dtype=torch.bfloat16),
-           "fd": make(method="fd")}
+           "fd": make(method="fd"), "batched": make(probe_batch=k)}
     for o in (op, *ops.values()):
         o.matvec(v)  # builds and keeps the graphs: the rows below time cached products
     state = {key[len("model."):]: t for key, t in op._state(op.theta).items() if key.startswith("model.")}
@@ -294,7 +294,7 @@ def _products(ctx: dict) -> dict:
         "landscape: cached product": (lambda: op.matvec(v), 1),
         "landscape: cached, batchnorm not folded": (lambda: ops["plain"].matvec(v), 1),
         f"landscape: cached, {math.ceil(n / acc_bs)} batches of {acc_bs}": (lambda: ops["acc"].matvec(v), 1),
-        f"landscape: cached, {k} vectors per graph": (lambda: op.matmat(V, block=k), k),
+        f"landscape: cached, {k} vectors per graph": (lambda: ops["batched"].matmat(V), k),
         "landscape: cached, bfloat16 autocast": (lambda: ops["bf16"].matvec(v), 1),
         "landscape: finite differences (2 gradients)": (lambda: ops["fd"].matvec(v), 1),
         "torch.func jvp(grad), folded (nothing kept)": (lambda: jvp(grad(loss_of), (params,), (vd,)), 1),
@@ -404,8 +404,8 @@ def _trace(ctx: dict) -> dict:
     Z = torch.stack(Z, dim=1)
     for label, block in (("one probe per graph", 1), (f"{probes} probes per graph", probes)):
         def trace(block=block):
-            op = HessianOperator(model, crit, x, y)
-            return (Z * op.matmat(Z, block=block)).sum(0).double().cpu().numpy()
+            op = HessianOperator(model, crit, x, y, probe_batch=block)
+            return (Z * op.matmat(Z)).sum(0).double().cpu().numpy()
 
         t, samples = _timed(trace, dev)
         rows.append({"method": f"landscape (set-up + probes, {label})", "seconds": t / probes, "probes": probes,
