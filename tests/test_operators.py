@@ -274,3 +274,14 @@ def test_ggn_refuses_feature_losses_it_cannot_split():
     model = ls.models.build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(8,))
     with pytest.raises(ArgumentError, match="margin_logits"):
         GGNOperator(model, FeatureLoss(), torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import landscape.hvp
+    import landscape.operators
+
+    for module in (landscape.operators, landscape.hvp):
+        failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert tried > 0 and failures == 0, module.__name__

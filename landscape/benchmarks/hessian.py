@@ -6,7 +6,8 @@
   :class:`~landscape.hvp.HessianOperator` (first product, with batchnorm folding and the graph
   build; then cached products), of the candidates examined for issue 24 (no folding,
   accumulation over batches, several vectors per graph, bfloat16 autocast, finite differences,
-  ``torch.func`` forward-over-reverse ``jvp(grad)``), of pyhessian (its set-up plus first
+  ``torch.func`` forward-over-reverse ``jvp(grad)``, and ``torch.func.linearize`` of the gradient,
+  which keeps the primal pass but traces once per point), of pyhessian (its set-up plus first
   product, then cached ones) and of Li et al.'s product (``hess_vec_prod.py``: forward pass and
   gradient graph rebuilt for every product over a DataLoader), as ratios to a plain forward pass
   and to pyhessian's cached product;
@@ -254,7 +255,7 @@ def _toolkit_extremes(op, *, tol: float, seed: int):
 
 # -- the sections --------------------------------------------------------------------------------
 def _products(ctx: dict) -> dict:
-    from torch.func import functional_call, grad, jvp
+    from torch.func import functional_call, grad, jvp, linearize
 
     from landscape.hvp import HessianOperator
 
@@ -310,12 +311,15 @@ def _products(ctx: dict) -> dict:
         rows[f"Li et al.: product (all rebuilt, DataLoader {ctx['li_batch']})"] = (lambda: li.matvec(vn), 1)
     jvp_row = next(name for name in rows if name.startswith("torch.func"))
     rows[jvp_row][0]()  # torch.func's first nested transform spends seconds on one-time set-up: not a product's cost
+    # forward-over-reverse with the primal pass kept: linearize traces jvp(grad) once, at this point only
+    linearize_setup, (_, tangent) = _timed(lambda: linearize(grad(loss_of), params), dev)
+    rows["torch.func linearize(grad), folded: cached tangent"] = (lambda: tangent(vd), 1)
     times = interleaved({name: fn for name, (fn, _) in rows.items()}, rounds, dev)
     out = []
     for name, (_, vectors) in rows.items():
         ts = np.array(times[name]) / max(vectors, 1)
         out.append({"method": name, "seconds": float(ts.min()), "median": float(np.median(ts)), "vectors": vectors})
-    return {"rows": out, "folded": op.folded, "forward": out[0]["seconds"],
+    return {"rows": out, "folded": op.folded, "forward": out[0]["seconds"], "linearize_setup": linearize_setup,
             "pyhessian": next((r["seconds"] for r in out if r["method"] == "pyhessian: cached product"), None),
             "pyhessian_first": next((r["seconds"] for r in out if r["method"].startswith("pyhessian: first")), None)}
 

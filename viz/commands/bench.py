@@ -97,7 +97,7 @@ def format_hessian(result: dict) -> str:
             lines.append(f"{r['method']:58s} {per:9.4f} {r['median']:9.4f} {rate} {_ratio(per, fwd):>10s} "
                          f"{(_ratio(per, ref) if r['vectors'] else ''):>12s}")
         lines.append("(first-product rows are compared with pyhessian's first product, the others with its cached "
-                     "one)")
+                     f"one; linearize traced for {p['linearize_setup']:.1f} s before its first product)")
     if "extremes" in result:
         lines += ["", "extremes at the centre (residual ||Hu - theta u|| / |lambda_max| from extra untimed products)",
                   f"{'method':42s} {'seconds':>9s} {'HVPs':>5s} {'lambda_min':>11s} {'lambda_max':>11s} "
