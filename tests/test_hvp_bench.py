@@ -5,6 +5,7 @@ float64 product, and ResNet-20's known parameter count (272,474 for 10 classes).
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,15 +22,16 @@ def result():
 @pytest.mark.slow  # the shared run takes ~13 s
 def test_every_method_computes_the_same_hessian(result):
     errors = {r["method"]: r["relative_error"] for r in result["accuracy"]["rows"]}
-    for method in ("landscape float32", "landscape float32, not folded", "pyhessian", "Li et al."):
+    for method in ("landscape: float32", "landscape: float32, not folded", "pyhessian: cached product",
+                   "Li et al.: product"):
         assert errors[method] < 1e-5, method
-    assert 1e-4 < errors["landscape bfloat16 autocast"] < 0.1
+    assert 1e-4 < errors["landscape: bfloat16 autocast"] < 0.1
 
 
 @pytest.mark.slow  # the shared run takes ~13 s
 def test_extremes_agree_and_are_certified_by_their_residuals(result):
-    rows = {r["method"].split()[0]: r for r in result["extremes"]["rows"]}
-    ours, li, ph = rows["landscape"], rows["Li"], rows["pyhessian"]
+    rows = {r["method"].split(":")[0]: r for r in result["extremes"]["rows"]}
+    ours, li, ph = rows["landscape"], rows["Li et al."], rows["pyhessian"]
     assert ours["lam_min"] < 0 < ours["lam_max"]
     assert ours["lam_max"] == pytest.approx(li["lam_max"], rel=1e-3)
     assert ours["lam_min"] == pytest.approx(li["lam_min"], rel=1e-2)
@@ -74,3 +76,17 @@ def test_cli_prints_the_tables(capsys):
     assert rc == 0
     assert "synthetic 3x32x32" in out and "accuracy of one product against the float64 product" in out
     assert main(["bench", "hessian", "--only", "nope", "--device", "cpu"]) == 2
+
+
+def test_map_scores_every_method_against_the_dense_truth(tiny_checkpoint):
+    path = tiny_checkpoint("mlp", hidden=[8], epochs=2)
+    res = bench.run(checkpoint=str(path), samples=20, grid=2, range_=0.5, device="cpu", sections=("map",))
+    m = res["map"]
+    assert m["truth"] == "dense float64 eigvalsh" and "digits" in res["setup"]["data"]
+    rows = m["rows"]
+    assert set(rows) == {"engine", "engine-cold", "li-eigsh", "pyhessian"}
+    for name in ("engine", "engine-cold"):
+        assert rows[name]["max_ratio_error"] <= 5e-3 and rows[name]["max_lam_max_error"] <= 1e-3, name
+    assert rows["li-eigsh"]["max_ratio_error"] <= 0.05 and rows["li-eigsh"]["max_lam_max_error"] <= 1e-2
+    assert np.isnan(rows["pyhessian"]["max_ratio_error"]) and rows["pyhessian"]["max_lam_max_error"] <= 0.05
+    assert rows["engine"]["hvps"] < rows["engine-cold"]["hvps"] < rows["li-eigsh"]["hvps"]

@@ -16,8 +16,9 @@
   ``H - 0.51 lambda_max I``) and pyhessian's power iteration (``lambda_max`` only): wall time,
   HVPs and the residual ``||H u - theta u|| / |lambda_max|`` of each Ritz pair (checked with
   extra, untimed products), so that accuracy is compared alongside time;
-* **map**: an eigenvalue-ratio map (``landscape.eigen_ratio_map``) against Li et al.'s recipe at
-  every point of the same grid;
+* **map**: an eigenvalue-ratio map (``landscape.eigen_ratio_map``, with and without warm starts)
+  against Li et al.'s recipe and pyhessian (``lambda_max`` only) at every point of the same grid,
+  scored against the dense float64 truth where the Hessian has at most ``dense_max`` rows;
 * **trace**: Hutchinson's estimator per probe, the toolkit against pyhessian on the same probes;
 * **blocks**: per-layer (block) products ``H[layer, layer] v`` of three layers;
 * **accuracy**: float32, bfloat16 autocast, finite differences, pyhessian and Li et al.'s
@@ -151,10 +152,11 @@ class LiHessian:
         return LinearOperator((self.size, self.size), matvec=self.matvec, rmatvec=self.matvec, dtype=np.float64)
 
 
-def li_eigsh(A) -> tuple[float, float, np.ndarray, np.ndarray]:
+def li_eigsh(A, vectors: bool = False):
     """Li et al.'s recipe (``plot_hessian_eigen.py``): eigsh LM at tol 1e-2, then on ``H - 0.51 lambda_max I``.
 
-    Returns ``(lam_min, lam_max, u_min, u_max)`` with unit Ritz vectors.
+    ``A`` is anything with ``to_scipy()``. Returns ``(lam_min, lam_max)``, and with ``vectors``
+    also the unit Ritz vectors ``(u_min, u_max)``.
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
@@ -164,7 +166,8 @@ def li_eigsh(A) -> tuple[float, float, np.ndarray, np.ndarray]:
     shift = 0.51 * lam_max
     shifted = LinearOperator(S.shape, matvec=lambda v: S.matvec(v) - shift * np.ravel(v), dtype=np.float64)
     vals, vecs = eigsh(shifted, k=1, which="LM", tol=1e-2)
-    return float(vals[0]) + shift, lam_max, vecs[:, 0], u_max
+    lam_min = float(vals[0]) + shift
+    return (lam_min, lam_max, vecs[:, 0], u_max) if vectors else (lam_min, lam_max)
 
 
 def _pyhessian():
@@ -312,7 +315,9 @@ def _products(ctx: dict) -> dict:
     jvp_row = next(name for name in rows if name.startswith("torch.func"))
     rows[jvp_row][0]()  # torch.func's first nested transform spends seconds on one-time set-up: not a product's cost
     # forward-over-reverse with the primal pass kept: linearize traces jvp(grad) once, at this point only
-    linearize_setup, (_, tangent) = _timed(lambda: linearize(grad(loss_of), params), dev)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")  # torch's own const-fold
+        linearize_setup, (_, tangent) = _timed(lambda: linearize(grad(loss_of), params), dev)
     rows["torch.func linearize(grad), folded: cached tangent"] = (lambda: tangent(vd), 1)
     times = interleaved({name: fn for name, (fn, _) in rows.items()}, rounds, dev)
     out = []
@@ -332,17 +337,17 @@ def _extremes(ctx: dict) -> dict:
     t, (op, ext) = _timed(lambda: (lambda o: (o, _toolkit_extremes(o, tol=ctx["tol"], seed=ctx["seed"])))(
         HessianOperator(model, crit, x, y)), dev)
     vec = ext.vectors
-    rows.append({"method": f"landscape Lanczos (tol {ctx['tol']:g})", "seconds": t, "hvps": ext.hvps,
+    rows.append({"method": f"landscape: Lanczos (tol {ctx['tol']:g})", "seconds": t, "hvps": ext.hvps,
                  "lam_min": ext.lam_min, "lam_max": ext.lam_max, "u_min": vec[:, 0], "u_max": vec[:, 1]})
     if ctx["peers"]:
         li = LiHessian(model, x, y, batch_size=ctx["li_batch"])
-        t, (lo, hi, u_lo, u_hi) = _timed(lambda: li_eigsh(li), dev)
-        rows.append({"method": "Li et al. eigsh (tol 1e-2, shift 0.51)", "seconds": t, "hvps": li.products,
+        t, (lo, hi, u_lo, u_hi) = _timed(lambda: li_eigsh(li, vectors=True), dev)
+        rows.append({"method": "Li et al.: eigsh (tol 1e-2, shift 0.51)", "seconds": t, "hvps": li.products,
                      "lam_min": lo, "lam_max": hi, "u_min": u_lo, "u_max": u_hi})
         t, (ph, (vals, vecs)) = _timed(lambda: (lambda p: (p, p.counted("eigenvalues", top_n=1)))(
             PyHessian(model, x, y)), dev)
         u = torch.cat([w.reshape(-1) for w in vecs[0]])
-        rows.append({"method": "pyhessian power iteration (tol 1e-3)", "seconds": t, "hvps": ph.calls,
+        rows.append({"method": "pyhessian: power iteration (tol 1e-3)", "seconds": t, "hvps": ph.calls,
                      "lam_min": math.nan, "lam_max": float(vals[0]), "u_min": None, "u_max": u})
     scale = max(abs(r["lam_max"]) for r in rows)
     for r in rows:  # accuracy, with extra untimed products on the toolkit's cached operator
@@ -354,6 +359,12 @@ def _extremes(ctx: dict) -> dict:
 
 
 def _map(ctx: dict) -> dict:
+    """Each method at every point of a ``grid x grid`` plane, scored against the dense truth where it fits.
+
+    The truth is ``torch.linalg.eigvalsh`` of the dense float64 Hessian when it has at most
+    ``dense_max`` rows, else unknown (then only residuals ``||H u - theta u|| / |theta_max|`` of the
+    Ritz pairs, from extra untimed products, say how accurate a method was).
+    """
     import landscape as ls
     from landscape.directions import offset_parameters
     from landscape.hessian import snake_order
@@ -362,25 +373,61 @@ def _map(ctx: dict) -> dict:
     model, x, y, dev = ctx["model"], ctx["x"], ctx["y"], ctx["device"]
     g, r = int(ctx["grid"]), float(ctx["range"])
     xs = np.linspace(-r, r, g)
+    order = [tuple(ij) for ij in snake_order(g, g)]
     dirs = ls.random_directions(model, n=2, seed=ctx["seed"])
-    t, emap = _timed(lambda: ls.eigen_ratio_map(ctx["ck"], ctx["data"], dirs, x=xs, y=xs, seed=ctx["seed"],
-                                                tol=ctx["tol"], chunk_size=g * g, verbose=False), dev)
-    out = {"grid": g, "range": r, "points": g * g, "landscape": {"seconds": t, "hvps": int(emap.hvps.sum())}}
+    points = {ij: offset_parameters(model, dirs, (xs[ij[0]], xs[ij[1]])) for ij in order}
     base = HessianOperator(model, ctx["criterion"], x, y)
-    res = (emap.residuals.max(0) / np.abs(emap.lam_max)).max()
-    out["landscape"].update(max_residual=float(res), ratio=emap.ratio)
+    truth = None
+    if base.size <= ctx["dense_max"]:
+        exact = HessianOperator(model, ctx["criterion"], x.double(), y, dtype=torch.float64)
+        truth = {}
+        for ij in order:
+            ev = torch.linalg.eigvalsh(exact.at(points[ij]).dense(max_size=ctx["dense_max"]))
+            truth[ij] = (float(ev[0]), float(ev[-1]))
+    rows = {}
+    for name, warm in (("engine", True), ("engine-cold", False)):
+        t, emap = _timed(lambda warm=warm: ls.eigen_ratio_map(ctx["ck"], ctx["data"], dirs, x=xs, y=xs,
+                                                              seed=ctx["seed"], tol=ctx["tol"], warm_start=warm,
+                                                              chunk_size=g * g, verbose=False), dev)
+        vals = {(i, j): (emap.lam_min[j, i], emap.lam_max[j, i]) for i, j in order}
+        res = float(np.max(emap.residuals.max(0) / np.abs(emap.lam_max)))
+        rows[name] = {"seconds": t, "hvps": int(emap.hvps.sum()), "values": vals, "max_residual": res}
     if ctx["peers"]:
-        li_ratio, li_res, seconds, hvps = np.empty((g, g)), 0.0, 0.0, 0
-        for i, j in snake_order(g, g):
-            point = offset_parameters(model, dirs, (xs[i], xs[j]))
-            li = LiHessian(model, x, y, point=point, batch_size=ctx["li_batch"])
-            t, (lo, hi, u_lo, u_hi) = _timed(lambda: li_eigsh(li), dev)
-            seconds, hvps = seconds + t, hvps + li.products
-            li_ratio[j, i] = abs(lo / hi)
-            here = base.at(point)
-            li_res = max(li_res, _residual(here, lo, u_lo) / abs(hi), _residual(here, hi, u_hi) / abs(hi))
-        out["li"] = {"seconds": seconds, "hvps": hvps, "max_residual": li_res, "ratio": li_ratio}
-        out["max_ratio_difference"] = float(np.max(np.abs(emap.ratio - li_ratio)))
+        for name in ("li-eigsh", "pyhessian"):
+            rows[name] = {"seconds": 0.0, "hvps": 0, "values": {}, "max_residual": 0.0}
+        for ij in order:
+            here = base.at(points[ij])
+            li = LiHessian(model, x, y, point=points[ij], batch_size=ctx["li_batch"])
+            t, (lo, hi, u_lo, u_hi) = _timed(lambda li=li: li_eigsh(li, vectors=True), dev)
+            row = rows["li-eigsh"]
+            row["seconds"] += t
+            row["hvps"] += li.products
+            row["values"][ij] = (lo, hi)
+            row["max_residual"] = max(row["max_residual"], _residual(here, lo, u_lo) / abs(hi),
+                                      _residual(here, hi, u_hi) / abs(hi))
+            t, (ph, (top, vecs)) = _timed(lambda ij=ij: (lambda p: (p, p.counted("eigenvalues", top_n=1)))(
+                PyHessian(model, x, y, point=points[ij])), dev)
+            row = rows["pyhessian"]
+            row["seconds"] += t
+            row["hvps"] += ph.calls
+            row["values"][ij] = (math.nan, float(top[0]))
+            u = torch.cat([w.reshape(-1) for w in vecs[0]])
+            row["max_residual"] = max(row["max_residual"], _residual(here, float(top[0]), u) / abs(float(top[0])))
+    for row in rows.values():
+        v = np.array([row["values"][ij] for ij in order], dtype=np.float64)
+        row["ratio"] = np.abs(v[:, 0] / v[:, 1])
+        if truth is not None:
+            t_ = np.array([truth[ij] for ij in order])
+            err = np.abs(row["ratio"] - np.abs(t_[:, 0] / t_[:, 1]))
+            row["max_ratio_error"] = float(np.max(err)) if np.isfinite(err).any() else math.nan
+            row["max_lam_max_error"] = float(np.max(np.abs(v[:, 1] - t_[:, 1]) / np.abs(t_[:, 1])))
+        else:
+            row["max_ratio_error"] = row["max_lam_max_error"] = math.nan
+        row.pop("values")
+    out = {"grid": g, "range": r, "points": g * g, "truth": "dense float64 eigvalsh" if truth else None,
+           "rows": rows}
+    if "li-eigsh" in rows:
+        out["max_ratio_difference"] = float(np.nanmax(np.abs(rows["engine"]["ratio"] - rows["li-eigsh"]["ratio"])))
     return out
 
 
@@ -394,7 +441,7 @@ def _trace(ctx: dict) -> dict:
         torch.manual_seed(seed)
         t, (ph, samples) = _timed(lambda: (lambda p: (p, p.counted("trace", maxIter=probes, tol=0.0)))(
             PyHessian(model, x, y)), dev)
-        rows.append({"method": "pyhessian trace (set-up + probes)", "seconds": t / probes, "probes": len(samples),
+        rows.append({"method": "pyhessian: trace (set-up + probes)", "seconds": t / probes, "probes": len(samples),
                      "trace": float(np.mean(samples)), "samples": np.array(samples)})
     # the same Rademacher probes pyhessian draws (torch.randint_like per parameter, in order)
     torch.manual_seed(seed)
@@ -412,7 +459,7 @@ def _trace(ctx: dict) -> dict:
             return (Z * op.matmat(Z)).sum(0).double().cpu().numpy()
 
         t, samples = _timed(trace, dev)
-        rows.append({"method": f"landscape (set-up + probes, {label})", "seconds": t / probes, "probes": probes,
+        rows.append({"method": f"landscape: trace (set-up + probes, {label})", "seconds": t / probes, "probes": probes,
                      "trace": float(samples.mean()), "samples": samples})
     if ctx["peers"]:
         ref = rows[0]["samples"]
@@ -463,25 +510,26 @@ def _accuracy(ctx: dict) -> dict:
         hv = torch.as_tensor(hv).to(ref)
         return float(torch.linalg.vector_norm(hv - ref) / torch.linalg.vector_norm(ref))
 
-    for label, kw in (("landscape float32", {}), ("landscape float32, not folded", {"fold": False}),
-                      ("landscape bfloat16 autocast", {"dtype": torch.bfloat16}),
-                      ("landscape finite differences, float32, default step", {"method": "fd"})):
+    for label, kw in (("landscape: float32", {}), ("landscape: float32, not folded", {"fold": False}),
+                      ("landscape: bfloat16 autocast", {"dtype": torch.bfloat16}),
+                      ("landscape: finite differences, float32, default step", {"method": "fd"})):
         rows[label] = rel(HessianOperator(model, crit, x, y, **kw).matvec(v))
     fd64 = HessianOperator(model, crit, x.double(), y, dtype=torch.float64, method="fd")
-    rows["landscape finite differences, float64, default step"] = rel(fd64.matvec(v))
+    rows["landscape: finite differences, float64, default step"] = rel(fd64.matvec(v))
     if ctx["peers"]:
         op = HessianOperator(model, crit, x, y)
         v32 = [t.contiguous() for t in op.unflatten(v.float()).values()]
-        rows["pyhessian"] = rel(torch.cat([t.reshape(-1) for t in PyHessian(model, x, y).hvp(v32)]))
-        rows["Li et al."] = rel(LiHessian(model, x, y, batch_size=ctx["li_batch"]).matvec(v.cpu().numpy()))
+        rows["pyhessian: cached product"] = rel(torch.cat([t.reshape(-1) for t in PyHessian(model, x, y).hvp(v32)]))
+        rows["Li et al.: product"] = rel(LiHessian(model, x, y, batch_size=ctx["li_batch"]).matvec(v.cpu().numpy()))
     return {"rows": [{"method": k, "relative_error": e} for k, e in rows.items()]}
 
 
 # -- the benchmark -------------------------------------------------------------------------------
-def run(*, checkpoint: str | None = None, arch: str = "resnet20", data: str = "synthetic", samples: int = 256,
+def run(*, checkpoint: str | None = None, arch: str = "resnet20", data: str | None = None, samples: int = 256,
         seed: int = 0, device: str = "auto", threads: int | None = None, rounds: int = 3, grid: int = 2,
         range_: float = 1.0, tol: float = 1e-3, probes: int = 4, probe_batch: int = 4, blocks: int = 3,
-        li_batch: int = 128, peers: bool = True, sections=SECTIONS, trust_code: bool = False) -> dict:
+        li_batch: int = 128, dense_max: int = 5000, peers: bool = True, sections=SECTIONS,
+        trust_code: bool = False) -> dict:
     """Run the chosen sections (see the module docstring) and return their numbers.
 
     Parameters
@@ -491,8 +539,9 @@ def run(*, checkpoint: str | None = None, arch: str = "resnet20", data: str = "s
     arch : str
         Any registered architecture (default ``resnet20``, or its stand-in), built for 32x32x3
         inputs and 10 classes.
-    data : str
-        ``"synthetic"`` (default) or a dataset spec (its test split).
+    data : str, optional
+        ``"synthetic"`` or a dataset spec (its test split); default synthetic for ``arch``, and for
+        a checkpoint the data set its meta names when that needs no file (else synthetic).
     samples : int
         Samples the objective is averaged over (a seeded subset of a real data set).
     seed : int
@@ -515,6 +564,8 @@ def run(*, checkpoint: str | None = None, arch: str = "resnet20", data: str = "s
         Layers of the block section (first, middle, last).
     li_batch : int
         DataLoader batch of Li et al.'s product.
+    dense_max : int
+        Largest Hessian formed densely as the map's truth.
     peers : bool
         Also run pyhessian and Li et al.'s recipe.
     sections : sequence of str
@@ -543,6 +594,11 @@ def run(*, checkpoint: str | None = None, arch: str = "resnet20", data: str = "s
         model, model_note = build_model(arch, seed)
         ck = as_checkpoint(model.to(resolve_device(device)), criterion="ce")
     input_shape = tuple(ck.meta.get("input_shape") or (3, 32, 32))
+    if data is None:
+        from landscape.data import spec_needs_file
+
+        hint = ck.meta.get("dataset") if checkpoint else None
+        data = hint if hint and not spec_needs_file(hint) else "synthetic"
     if data == "synthetic":
         dataset = synthetic_data(samples, seed, input_shape, int(ck.meta.get("num_classes") or 10))
         data_note = f"{samples} synthetic {'x'.join(map(str, input_shape))} images (seeded uniform; fine for timing)"
@@ -561,7 +617,7 @@ def run(*, checkpoint: str | None = None, arch: str = "resnet20", data: str = "s
     ctx = dict(ck=ck, data=dataset, model=ck.model, criterion=ck.criterion, x=x, y=y, device=torch.device(ck.device),
                seed=int(seed), rounds=int(rounds), grid=int(grid), range=float(range_), tol=float(tol),
                probes=int(probes), probe_batch=int(probe_batch), blocks=int(blocks), li_batch=int(li_batch),
-               peers=bool(peers))
+               dense_max=int(dense_max), peers=bool(peers))
     result = {"setup": {"model": model_note, "parameters": sum(p.numel() for p in ck.model.parameters()),
                         "data": data_note, "samples": len(y), "device": str(ck.device),
                         "threads": torch.get_num_threads(), "rounds": int(rounds), "torch": torch.__version__}}

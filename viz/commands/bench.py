@@ -39,7 +39,8 @@ def hessian_arguments(q: argparse.ArgumentParser) -> None:
                    help="registered architecture, freshly initialised for 32x32x3 inputs (default: resnet20, or its "
                         "stand-in until the zoo has it)")
     q.add_argument("--checkpoint", default=None, help="measure this checkpoint instead of --arch")
-    q.add_argument("--data", default="synthetic", help="'synthetic' (default: seeded 32x32x3 images) or a dataset spec")
+    q.add_argument("--data", default=None, help="'synthetic' (seeded images, the default for --arch) or a dataset spec "
+                   "(default for --checkpoint: the data set its meta names, when that needs no file)")
     q.add_argument("--samples", type=int, default=256, help="samples of the objective (default: 256)")
     q.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared machine)")
     q.add_argument("--rounds", type=int, default=3, help="interleaved rounds of single-product timings (default: 3)")
@@ -50,6 +51,8 @@ def hessian_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--probe-batch", type=int, default=4, help="vectors per graph in the batched row (default: 4)")
     q.add_argument("--blocks", type=int, default=3, help="layers of the per-layer section (default: 3)")
     q.add_argument("--li-batch", type=int, default=128, help="DataLoader batch of Li et al.'s product (default: 128)")
+    q.add_argument("--dense-max", type=int, default=5000,
+                   help="largest Hessian formed densely as the map's truth (default: 5000 rows)")
     q.add_argument("--only", default=",".join(SECTIONS),
                    help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
     q.add_argument("--no-peer", action="store_true", help="skip pyhessian and Li et al.'s recipe")
@@ -59,12 +62,12 @@ def run_hessian(args) -> int:
     from landscape.benchmarks.hessian import run
     from landscape.errors import check_scalar
 
-    for name in ("samples", "rounds", "grid", "probes", "probe_batch", "blocks", "li_batch"):
+    for name in ("samples", "rounds", "grid", "probes", "probe_batch", "blocks", "li_batch", "dense_max"):
         check_scalar(getattr(args, name), f"--{name.replace('_', '-')}", int, min=1)
     result = run(checkpoint=args.checkpoint, arch=args.arch, data=args.data, samples=args.samples, seed=args.seed,
                  device=args.device, threads=args.threads, rounds=args.rounds, grid=args.grid, range_=args.range,
                  tol=args.tol, probes=args.probes, probe_batch=args.probe_batch, blocks=args.blocks,
-                 li_batch=args.li_batch, peers=not args.no_peer,
+                 li_batch=args.li_batch, dense_max=args.dense_max, peers=not args.no_peer,
                  sections=[s.strip() for s in args.only.split(",") if s.strip()], trust_code=args.trust_code)
     print(format_hessian(result))
     return 0
@@ -103,7 +106,7 @@ def format_hessian(result: dict) -> str:
                   f"{'method':42s} {'seconds':>9s} {'HVPs':>5s} {'lambda_min':>11s} {'lambda_max':>11s} "
                   f"{'|ratio|':>8s} {'res min':>8s} {'res max':>8s} {'x Li':>7s}"]
         rows = result["extremes"]["rows"]
-        li = next((r["seconds"] for r in rows if r["method"].startswith("Li")), None)
+        li = next((r["seconds"] for r in rows if r["method"].startswith("Li et al.")), None)
         for r in rows:
             lines.append(f"{r['method']:42s} {r['seconds']:9.2f} {r['hvps']:5d} {_num(r['lam_min'], '.5g'):>11s} "
                          f"{_num(r['lam_max'], '.5g'):>11s} {_num(r['ratio'], '.4f'):>8s} "
@@ -112,17 +115,19 @@ def format_hessian(result: dict) -> str:
     if "map" in result:
         m = result["map"]
         span = f"[-{m['range']:g}, {m['range']:g}]^2"
-        lines += ["", f"eigenvalue-ratio map: {m['grid']} x {m['grid']} points over {span}",
-                  f"{'method':42s} {'seconds':>9s} {'HVPs':>6s} {'max residual':>13s} {'x Li':>7s}"]
-        li = m.get("li", {}).get("seconds")
-        labels = (("landscape eigen_ratio_map (warm starts)", "landscape"), ("Li et al. eigsh per point", "li"))
-        for label, key in labels:
-            if key in m:
-                r = m[key]
-                lines.append(f"{label:42s} {r['seconds']:9.2f} {r['hvps']:6d} {r['max_residual']:13.1e} "
-                             f"{_ratio(r['seconds'], li):>7s}")
+        truth = f"errors against the {m['truth']}" if m["truth"] else "no dense truth at this size: see the residuals"
+        lines += ["", f"eigenvalue-ratio map: {m['grid']} x {m['grid']} points over {span}; {truth}",
+                  f"{'method':<12} {'HVPs/point':>10} {'s/point':>9} {'max ratio err':>14} {'max lam_max rel err':>20} "
+                  f"{'max residual':>13} {'x Li':>7}"]
+        li = m["rows"].get("li-eigsh", {}).get("seconds")
+        for name, r in m["rows"].items():
+            lines.append(f"{name:<12} {r['hvps'] / m['points']:>10.1f} {r['seconds'] / m['points']:>9.3f} "
+                         f"{_num(r['max_ratio_error'], '.2e'):>14} {_num(r['max_lam_max_error'], '.2e'):>20} "
+                         f"{_num(r['max_residual'], '.1e'):>13} {_ratio(r['seconds'], li):>7}")
+        lines.append("(engine: landscape.eigen_ratio_map with warm starts; engine-cold: without; li-eigsh: Li et al.'s "
+                     "recipe on their product; pyhessian: lambda_max only)")
         if "max_ratio_difference" in m:
-            lines.append(f"largest |ratio difference| between the two maps: {m['max_ratio_difference']:.2e}")
+            lines.append(f"largest |ratio difference| between engine and li-eigsh: {m['max_ratio_difference']:.2e}")
     if "trace" in result:
         lines += ["", "Hutchinson trace, the same Rademacher probes",
                   f"{'method':50s} {'s/probe':>9s} {'probes':>6s} {'trace':>12s} {'x pyhessian':>12s} "
