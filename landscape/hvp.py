@@ -225,6 +225,10 @@ class CurvatureOperator(LinearOperator):
         base = dict(model.named_parameters())
         self.device = base[names[0]].device
         point = dict(point or {})
+        unknown = [n for n in point if n not in base]
+        if unknown:
+            raise ArgumentError(f"point names parameter {unknown[0]!r}, which {type(model).__name__} does not have."
+                                f"{did_you_mean(unknown[0], base)}")
         cast = {"device": self.device, "dtype": self.dtype}
         # every parameter (selected or fixed) and buffer, cast once; selected ones are replaced per call
         fixed = {f"model.{n}": point.get(n, p).detach().to(**cast) for n, p in base.items()}

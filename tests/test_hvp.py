@@ -364,6 +364,8 @@ def test_bad_arguments_name_the_fix(tiny):
         HessianOperator.from_checkpoint(ck, data, batch_size=0)
     with pytest.raises(ArgumentError, match="method='exact' is not one of"):
         HessianOperator.from_checkpoint(ck, data, method="exact")
+    with pytest.raises(ArgumentError, match="'head.wieght', which MLP does not have.*Did you mean 'head.weight'"):
+        HessianOperator.from_checkpoint(ck, data, point={"head.wieght": torch.zeros(1)})
     with pytest.raises(ArgumentError, match="shape \\(626,\\)"):
         HessianOperator.from_checkpoint(ck, data).matvec(torch.ones(3))
     with pytest.raises(ArgumentError, match="limited to 100"):
