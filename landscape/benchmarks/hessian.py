@@ -19,7 +19,8 @@
 * **map**: an eigenvalue-ratio map (``landscape.eigen_ratio_map``, with and without warm starts)
   against Li et al.'s recipe and pyhessian (``lambda_max`` only) at every point of the same grid,
   scored against the dense float64 truth where the Hessian has at most ``dense_max`` rows;
-* **trace**: Hutchinson's estimator per probe, the toolkit against pyhessian on the same probes;
+* **trace**: Hutchinson's estimator per probe (set-up included, interleaved rounds), the toolkit
+  against pyhessian on pyhessian's own probes;
 * **blocks**: per-layer (block) products ``H[layer, layer] v`` of three layers;
 * **accuracy**: float32, bfloat16 autocast, finite differences, pyhessian and Li et al.'s
   products against the float64 product.
@@ -432,18 +433,12 @@ def _map(ctx: dict) -> dict:
 
 
 def _trace(ctx: dict) -> dict:
+    """Hutchinson's trace per probe, set-up included, on pyhessian's own Rademacher probes (interleaved rounds)."""
     from landscape.hvp import HessianOperator
 
     model, crit, x, y, dev = ctx["model"], ctx["criterion"], ctx["x"], ctx["y"], ctx["device"]
     probes, seed = int(ctx["probes"]), int(ctx["seed"])
-    rows = []
-    if ctx["peers"]:
-        torch.manual_seed(seed)
-        t, (ph, samples) = _timed(lambda: (lambda p: (p, p.counted("trace", maxIter=probes, tol=0.0)))(
-            PyHessian(model, x, y)), dev)
-        rows.append({"method": "pyhessian: trace (set-up + probes)", "seconds": t / probes, "probes": len(samples),
-                     "trace": float(np.mean(samples)), "samples": np.array(samples)})
-    # the same Rademacher probes pyhessian draws (torch.randint_like per parameter, in order)
+    # the probes pyhessian draws after torch.manual_seed(seed): torch.randint_like per parameter, in order
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     Z = []
@@ -453,20 +448,31 @@ def _trace(ctx: dict) -> dict:
             w[w == 0] = -1
         Z.append(torch.cat([w.reshape(-1) for w in v]))
     Z = torch.stack(Z, dim=1)
-    for label, block in (("one probe per graph", 1), (f"{probes} probes per graph", probes)):
-        def trace(block=block):
-            op = HessianOperator(model, crit, x, y, probe_batch=block)
-            return (Z * op.matmat(Z)).sum(0).double().cpu().numpy()
+    samples: dict[str, np.ndarray] = {}
 
-        t, samples = _timed(trace, dev)
-        rows.append({"method": f"landscape: trace (set-up + probes, {label})", "seconds": t / probes, "probes": probes,
-                     "trace": float(samples.mean()), "samples": samples})
+    def pyhessian_trace():
+        torch.manual_seed(seed)
+        # tol=-inf: pyhessian stops when |change| / (trace + 1e-6) < tol, which a negative trace meets at once
+        samples["pyhessian: trace (set-up + probes)"] = np.array(
+            PyHessian(model, x, y).counted("trace", maxIter=probes, tol=-math.inf))
+
+    def landscape_trace(label: str, block: int):
+        def fn():
+            op = HessianOperator(model, crit, x, y, probe_batch=block)
+            samples[label] = (Z * op.matmat(Z)).sum(0).double().cpu().numpy()
+        return fn
+
+    methods = {"pyhessian: trace (set-up + probes)": pyhessian_trace} if ctx["peers"] else {}
+    for label, block in (("one probe per graph", 1), (f"{probes} probes per graph", probes)):
+        name = f"landscape: trace (set-up + probes, {label})"
+        methods[name] = landscape_trace(name, block)
+    times = interleaved(methods, ctx["rounds"], dev)
+    rows = [{"method": name, "seconds": float(min(ts)) / probes, "median": float(np.median(ts)) / probes,
+             "probes": len(samples[name]), "trace": float(samples[name].mean())} for name, ts in times.items()]
     if ctx["peers"]:
-        ref = rows[0]["samples"]
+        ref = samples[rows[0]["method"]]
         for r in rows[1:]:
-            r["max_difference"] = float(np.max(np.abs(r["samples"] - ref)) / max(abs(rows[0]["trace"]), 1e-30))
-    for r in rows:
-        r.pop("samples")
+            r["max_difference"] = float(np.max(np.abs(samples[r["method"]] - ref)) / max(abs(ref.mean()), 1e-30))
     return {"rows": rows}
 
 
