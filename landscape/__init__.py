@@ -43,6 +43,7 @@ _LAZY = {
     "TraceEstimate": "hessian", "Density": "hessian", "LayerSpectra": "hessian",
     "neural_collapse": "collapse", "NeuralCollapse": "collapse", "collapse_curve": "collapse",
     "CollapseCurve": "collapse", "cka": "cka", "cka_matrix": "cka", "CKAMatrix": "cka",
+    "GGNOperator": "hvp", "as_operator": "operators",
 }
 
 

@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 import landscape as ls
 from landscape.errors import ArgumentError
-from landscape.hvp import HessianError, HessianOperator
+from landscape.hvp import GGNOperator, HessianError, HessianOperator
 from landscape.objective import loss_and_logits
 
 
@@ -183,12 +183,173 @@ class _NoDoubleBackward(nn.Module):
         return _Tanh.apply(self.lin(x))
 
 
-def test_layer_without_double_backward_raises_a_clear_error():
+def _tanh_reference(model, x, y) -> torch.Tensor:
+    """Dense Hessian of CE(tanh(lin(x))) in float64, by autograd.functional on plain torch ops."""
+    w, b = model.lin.weight.detach().double(), model.lin.bias.detach().double()
+
+    def f(flat):
+        W, B = flat[:6].reshape(2, 3), flat[6:]
+        return nn.functional.cross_entropy(torch.tanh(x.double() @ W.T + B), y)
+
+    return torch.autograd.functional.hessian(f, torch.cat([w.reshape(-1), b]))
+
+
+def test_layer_without_double_backward_falls_back_to_finite_differences_once():
+    torch.manual_seed(0)
     model = _NoDoubleBackward()
-    op = HessianOperator(model, ls.losses.get("ce"), torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
-    with pytest.raises(HessianError, match="no second derivative"):
+    x, y = torch.randn(16, 3), torch.tensor([0, 1] * 8)
+    op = HessianOperator(model, ls.losses.get("ce"), x, y)
+    V = torch.randn(op.size, 2, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RuntimeWarning, match="no second derivative.*finite differences") as record:
+        hv = op.matmat(V)
+        op.at({"lin.bias": model.lin.bias.detach() + 0.1}).matvec(V[:, 0])  # same family: no second warning
+    assert len([w for w in record if "finite differences" in str(w.message)]) == 1
+    ref = _tanh_reference(model, x, y) @ V.double()
+    assert torch.linalg.matrix_norm(hv.double() - ref) <= 1e-3 * torch.linalg.matrix_norm(ref)
+    assert op.hvps == 2
+
+
+def test_layer_without_double_backward_raises_a_clear_error_without_fallback():
+    model = _NoDoubleBackward()
+    op = HessianOperator(model, ls.losses.get("ce"), torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), method="autograd")
+    with pytest.raises(HessianError, match="no second derivative.*method='fd'"):
         op.matvec(torch.ones(op.size))
     assert isinstance(HessianError("x"), ls.errors.LandscapeError)
+
+
+class _FailingSecondBackward(torch.autograd.Function):
+    """An op whose double backward fails with a chosen error (out of memory, or any other)."""
+
+    error: Exception = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    @staticmethod
+    def forward(ctx, g):
+        return g.clone()
+
+    @staticmethod
+    def backward(ctx, gg):
+        raise _FailingSecondBackward.error
+
+
+class _TanhFailing(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.tanh()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return _FailingSecondBackward.apply(g * (1 - x.tanh() ** 2))
+
+
+class _Failing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return _TanhFailing.apply(self.lin(x))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")])
+def test_out_of_memory_is_not_reported_as_a_missing_second_derivative(monkeypatch, error):
+    monkeypatch.setattr(_FailingSecondBackward, "error", error)
+    op = HessianOperator(_Failing(), ls.losses.get("ce"), torch.randn(8, 3), torch.tensor([0, 1] * 4), batch_size=8)
+    with pytest.raises(RuntimeError) as info:
+        op.matvec(torch.ones(op.size))
+    assert not isinstance(info.value, HessianError) and info.value is error
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    if hasattr(info.value, "add_note"):
+        assert "ran out of memory" in notes and "batch_size=2" in notes
+
+
+def test_other_errors_speak_for_themselves(monkeypatch):
+    error = ValueError("some unrelated failure")
+    monkeypatch.setattr(_FailingSecondBackward, "error", error)
+    op = HessianOperator(_Failing(), ls.losses.get("ce"), torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="some unrelated failure") as info:
+        op.matvec(torch.ones(op.size))
+    assert info.value is error
+
+
+class _ItemGrad(torch.autograd.Function):
+    """Identity whose backward reads a Python number from its input: fine column by column, impossible under vmap."""
+
+    @staticmethod
+    def forward(ctx, g):
+        return g.clone()
+
+    @staticmethod
+    def backward(ctx, gg):
+        return gg * (1.0 + 0.0 * float(gg.sum().item()))
+
+
+class _Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return _ItemGrad.apply(2 * x * g)
+
+
+class _NoVmap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return _Square.apply(self.lin(x))
+
+
+def test_batched_products_fall_back_to_columns_and_say_so_once():
+    torch.manual_seed(0)
+    model = _NoVmap().double()
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0])
+    op = HessianOperator(model, ls.losses.get("ce"), x, y, dtype=torch.float64)
+    eye = torch.eye(op.size, dtype=torch.float64)
+    assert op.probe_batch == 1  # the CPU default: one column at a time, even where a caller allows more
+    op = HessianOperator(model, ls.losses.get("ce"), x, y, dtype=torch.float64, probe_batch=4)
+    with pytest.warns(RuntimeWarning, match="one column at a time") as record:
+        H = op.matmat(eye, block=8)
+        op.matmat(eye)
+    assert len(record) == 1
+    w, b = model.lin.weight.detach(), model.lin.bias.detach()
+
+    def f(flat):
+        z = x @ flat[:6].reshape(2, 3).T + flat[6:]
+        return nn.functional.cross_entropy(z * z, y)
+
+    ref = torch.autograd.functional.hessian(f, torch.cat([w.reshape(-1), b]))
+    assert torch.allclose(H, ref, atol=1e-12, rtol=0)
+    assert op.hvps == 2 * op.size
+
+
+def test_callers_model_is_left_in_the_mode_it_came_in(tiny):
+    ck, data, x, y = tiny
+    model = ck.model
+    model.train()
+    model.body[1].eval()  # a mixed state must come back exactly as it was
+    before = {name: m.training for name, m in model.named_modules()}
+    try:
+        op = HessianOperator.from_checkpoint(ck, data, dtype=torch.float64)
+        v = torch.randn(op.size, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        hv, loss, grad = op.matvec(v), op.loss(), op.gradient()
+        assert {name: m.training for name, m in model.named_modules()} == before
+        # and the operator is the eval-mode Hessian (dropout off, running statistics), as before
+        model.eval()
+        assert torch.allclose(hv, reference_hessian(ck, x, y) @ v, atol=1e-12)
+        x32, y32 = ck.prepare(data)
+        with torch.no_grad():
+            expected = float(loss_and_logits(model, ck.criterion, x32, y32)[0])
+        assert torch.isfinite(grad).all() and loss == pytest.approx(expected, rel=1e-5)
+    finally:
+        model.eval()
 
 
 def test_bad_arguments_name_the_fix(tiny):
@@ -198,7 +359,13 @@ def test_bad_arguments_name_the_fix(tiny):
     with pytest.raises(ArgumentError, match="Did you mean 'head.weight'"):
         HessianOperator.from_checkpoint(ck, data, params=["head.weigth"])
     with pytest.raises(ArgumentError, match="float32 or torch.float64"):
-        HessianOperator.from_checkpoint(ck, data, dtype=torch.float16)
+        HessianOperator.from_checkpoint(ck, data, dtype=torch.int64)
+    with pytest.raises(ArgumentError, match="batch_size must be >= 1"):
+        HessianOperator.from_checkpoint(ck, data, batch_size=0)
+    with pytest.raises(ArgumentError, match="method='exact' is not one of"):
+        HessianOperator.from_checkpoint(ck, data, method="exact")
+    with pytest.raises(ArgumentError, match="'head.wieght', which MLP does not have.*Did you mean 'head.weight'"):
+        HessianOperator.from_checkpoint(ck, data, point={"head.wieght": torch.zeros(1)})
     with pytest.raises(ArgumentError, match="shape \\(626,\\)"):
         HessianOperator.from_checkpoint(ck, data).matvec(torch.ones(3))
     with pytest.raises(ArgumentError, match="limited to 100"):
@@ -212,3 +379,50 @@ def test_float32_operator_is_close_to_float64(tiny):
     hv32 = HessianOperator.from_checkpoint(ck, data).matvec(v)
     assert hv32.dtype == torch.float32
     assert torch.linalg.vector_norm(hv32.double() - hv64) <= 1e-5 * torch.linalg.vector_norm(hv64)
+
+
+def test_bfloat16_autocast_products_are_float32_and_close(tiny):
+    """bfloat16 under autocast: float32 vectors, an error of bfloat16's size (not float32's, not garbage)."""
+    ck, data, _, _ = tiny
+    v = torch.randn(626, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    hv64 = HessianOperator.from_checkpoint(ck, data, dtype=torch.float64).matvec(v)
+    op = HessianOperator.from_checkpoint(ck, data, dtype=torch.bfloat16)
+    assert op.dtype == torch.float32 and op.compute_dtype == torch.bfloat16
+    hv = op.matvec(v)
+    assert hv.dtype == torch.float32
+    err = float(torch.linalg.vector_norm(hv.double() - hv64) / torch.linalg.vector_norm(hv64))
+    assert 1e-4 < err < 0.1
+
+
+def test_folded_batchnorm_is_used_and_exact(tiny):
+    """The zoo mlp's Linear -> BatchNorm1d pairs are folded; products equal the unfolded ones in float64."""
+    ck, data, x, y = tiny
+    folded = HessianOperator.from_checkpoint(ck, data, dtype=torch.float64)
+    plain = HessianOperator.from_checkpoint(ck, data, dtype=torch.float64, fold=False)
+    assert folded.folded and not plain.folded
+    V = torch.randn(626, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    assert torch.allclose(folded.matmat(V), plain.matmat(V), atol=1e-13, rtol=0)
+
+
+def test_batched_columns_equal_single_columns(tiny):
+    ck, data, _, _ = tiny
+    V = torch.randn(626, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    batched = HessianOperator.from_checkpoint(ck, data, dtype=torch.float64, probe_batch=3)
+    single = HessianOperator.from_checkpoint(ck, data, dtype=torch.float64)
+    assert torch.allclose(batched.matmat(V), single.matmat(V, block=5), atol=1e-13, rtol=0)
+    assert batched.hvps == single.hvps == 5
+
+
+@pytest.mark.gpu
+def test_cuda_products_equal_the_cpu_float64_products(tiny):
+    ck, data, _, _ = tiny
+    gpu = ls.load_checkpoint(ck.path, device="cuda")
+    V = torch.randn(626, 20, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    ref = HessianOperator.from_checkpoint(ck, data, dtype=torch.float64).matmat(V)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        op = HessianOperator.from_checkpoint(gpu, data, dtype=dtype)
+        assert op.device.type == "cuda" and op.probe_batch == 16 and op.folded
+        hv = op.matmat(V).double().cpu()
+        assert torch.linalg.matrix_norm(hv - ref) <= tol * torch.linalg.matrix_norm(ref)
+    G = GGNOperator.from_checkpoint(gpu, data, dtype=torch.float64).matmat(V).cpu()
+    assert torch.allclose(G, GGNOperator.from_checkpoint(ck, data, dtype=torch.float64).matmat(V), atol=1e-12)

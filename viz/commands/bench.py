@@ -17,18 +17,151 @@ POSITIVE_FLOATS = ("range", "tol")
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks against peers (surface, hessian, data)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  landscape bench surface --grid 51\n  landscape bench hessian\n"
-                              "  landscape bench data")
+                       epilog="examples:\n  landscape bench surface --grid 51\n"
+                              "  landscape bench hessian --arch resnet20 --threads 1\n  landscape bench data")
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
     for kind in KINDS:
         module = importlib.import_module(f"landscape.benchmarks.{kind}")
         q = kinds.add_parser(kind, help=(module.__doc__ or kind).strip().splitlines()[0], description=module.__doc__,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(q)
-        add_common(q)
-        q.set_defaults(func=functools.partial(_checked, module.run))
+        if kind in ARGUMENTS:  # the benchmark returns numbers; this command parses options and prints them
+            ARGUMENTS[kind](q)
+            add_common(q)
+            q.set_defaults(func=functools.partial(_checked, RUNNERS[kind]))
+        else:
+            module.add_arguments(q)
+            add_common(q)
+            q.set_defaults(func=functools.partial(_checked, module.run))
     p.set_defaults(func=lambda args: p.print_help())
 
+
+# -- bench hessian -------------------------------------------------------------------------------
+def hessian_arguments(q: argparse.ArgumentParser) -> None:
+    """Options of ``landscape bench hessian`` (see :func:`landscape.benchmarks.hessian.run`)."""
+    from landscape.benchmarks.hessian import SECTIONS
+
+    q.add_argument("--arch", default="resnet20",
+                   help="registered architecture, freshly initialised for 32x32x3 inputs (default: resnet20, or its "
+                        "stand-in until the zoo has it)")
+    q.add_argument("--checkpoint", default=None, help="measure this checkpoint instead of --arch")
+    q.add_argument("--data", default=None, help="'synthetic' (seeded images, the default for --arch) or a dataset spec "
+                   "(default for --checkpoint: the data set its meta names, when that needs no file)")
+    q.add_argument("--samples", type=int, default=256, help="samples of the objective (default: 256)")
+    q.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared machine)")
+    q.add_argument("--rounds", type=int, default=3, help="interleaved rounds of single-product timings (default: 3)")
+    q.add_argument("--grid", type=int, default=2, help="points per axis of the ratio map (default: 2)")
+    q.add_argument("--range", type=float, default=1.0, help="the map spans [-R, R]^2 (default: 1)")
+    q.add_argument("--tol", type=float, default=1e-3, help="the toolkit's Lanczos tolerance (default: 1e-3)")
+    q.add_argument("--probes", type=int, default=4, help="Hutchinson probes of the trace section (default: 4)")
+    q.add_argument("--probe-batch", type=int, default=4, help="vectors per graph in the batched row (default: 4)")
+    q.add_argument("--blocks", type=int, default=3, help="layers of the per-layer section (default: 3)")
+    q.add_argument("--li-batch", type=int, default=128, help="DataLoader batch of Li et al.'s product (default: 128)")
+    q.add_argument("--dense-max", type=int, default=5000,
+                   help="largest Hessian formed densely as the map's truth (default: 5000 rows)")
+    q.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
+    q.add_argument("--no-peer", action="store_true", help="skip pyhessian and Li et al.'s recipe")
+
+
+def run_hessian(args) -> int:
+    from landscape.benchmarks.hessian import run
+    from landscape.errors import check_scalar
+
+    for name in ("samples", "rounds", "grid", "probes", "probe_batch", "blocks", "li_batch", "dense_max"):
+        check_scalar(getattr(args, name), f"--{name.replace('_', '-')}", int, min=1)
+    result = run(checkpoint=args.checkpoint, arch=args.arch, data=args.data, samples=args.samples, seed=args.seed,
+                 device=args.device, threads=args.threads, rounds=args.rounds, grid=args.grid, range_=args.range,
+                 tol=args.tol, probes=args.probes, probe_batch=args.probe_batch, blocks=args.blocks,
+                 li_batch=args.li_batch, dense_max=args.dense_max, peers=not args.no_peer,
+                 sections=[s.strip() for s in args.only.split(",") if s.strip()], trust_code=args.trust_code)
+    print(format_hessian(result))
+    return 0
+
+
+def _ratio(a, b) -> str:
+    return "n/a" if a is None or b is None or not b else f"{a / b:.2f}x"
+
+
+def _num(x, fmt: str = ".3g") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def format_hessian(result: dict) -> str:
+    """The tables of ``landscape bench hessian`` from :func:`landscape.benchmarks.hessian.run`'s result."""
+    s = result["setup"]
+    lines = [f"hessian benchmark: {s['model']}, {s['parameters']:,} parameters; {s['data']}",
+             f"device {s['device']}, {s['threads']} threads, torch {s['torch']}; single products: best of "
+             f"{s['rounds']} interleaved rounds (median in brackets)"]
+    if "products" in result:
+        p = result["products"]
+        fwd, ph, ph1 = p["forward"], p["pyhessian"], p["pyhessian_first"]
+        lines += ["", f"products (batchnorm folded: {p['folded']})",
+                  f"{'method':58s} {'s/HVP':>9s} {'(median)':>9s} {'HVP/s':>7s} {'x forward':>10s} "
+                  f"{'x pyhessian':>12s}"]
+        for r in p["rows"]:
+            per = r["seconds"]
+            ref = ph1 if r["method"].startswith(("landscape: first", "pyhessian: first")) else ph
+            rate = f"{1 / per:7.2f}" if r["vectors"] else " " * 7
+            lines.append(f"{r['method']:58s} {per:9.4f} {r['median']:9.4f} {rate} {_ratio(per, fwd):>10s} "
+                         f"{(_ratio(per, ref) if r['vectors'] else ''):>12s}")
+        lines.append("(first-product rows are compared with pyhessian's first product, the others with its cached "
+                     f"one; linearize traced for {p['linearize_setup']:.1f} s before its first product)")
+    if "extremes" in result:
+        lines += ["", "extremes at the centre (residual ||Hu - theta u|| / |lambda_max| from extra untimed products)",
+                  f"{'method':42s} {'seconds':>9s} {'HVPs':>5s} {'lambda_min':>11s} {'lambda_max':>11s} "
+                  f"{'|ratio|':>8s} {'res min':>8s} {'res max':>8s} {'x Li':>7s}"]
+        rows = result["extremes"]["rows"]
+        li = next((r["seconds"] for r in rows if r["method"].startswith("Li et al.")), None)
+        for r in rows:
+            lines.append(f"{r['method']:42s} {r['seconds']:9.2f} {r['hvps']:5d} {_num(r['lam_min'], '.5g'):>11s} "
+                         f"{_num(r['lam_max'], '.5g'):>11s} {_num(r['ratio'], '.4f'):>8s} "
+                         f"{_num(r['res_min'], '.1e'):>8s} {_num(r['res_max'], '.1e'):>8s} "
+                         f"{_ratio(r['seconds'], li):>7s}")
+    if "map" in result:
+        m = result["map"]
+        span = f"[-{m['range']:g}, {m['range']:g}]^2"
+        truth = f"errors against the {m['truth']}" if m["truth"] else "no dense truth at this size: see the residuals"
+        lines += ["", f"eigenvalue-ratio map: {m['grid']} x {m['grid']} points over {span}; {truth}",
+                  f"{'method':<12} {'HVPs/point':>10} {'s/point':>9} {'max ratio err':>14} {'max lam_max rel err':>20} "
+                  f"{'max residual':>13} {'x Li':>7}"]
+        li = m["rows"].get("li-eigsh", {}).get("seconds")
+        for name, r in m["rows"].items():
+            lines.append(f"{name:<12} {r['hvps'] / m['points']:>10.1f} {r['seconds'] / m['points']:>9.3f} "
+                         f"{_num(r['max_ratio_error'], '.2e'):>14} {_num(r['max_lam_max_error'], '.2e'):>20} "
+                         f"{_num(r['max_residual'], '.1e'):>13} {_ratio(r['seconds'], li):>7}")
+        lines.append("(engine: landscape.eigen_ratio_map with warm starts; engine-cold: without; li-eigsh: Li et al.'s "
+                     "recipe on their product; pyhessian: lambda_max only)")
+        if "max_ratio_difference" in m:
+            lines.append(f"largest |ratio difference| between engine and li-eigsh: {m['max_ratio_difference']:.2e}")
+    if "trace" in result:
+        lines += ["", "Hutchinson trace, the same Rademacher probes (max rel diff: largest probe difference / trace)",
+                  f"{'method':58s} {'s/probe':>9s} {'(median)':>9s} {'probes':>6s} {'trace':>12s} {'x pyhessian':>12s} "
+                  f"{'max rel diff':>13s}"]
+        rows = result["trace"]["rows"]
+        ph = next((r["seconds"] for r in rows if r["method"].startswith("pyhessian")), None)
+        for r in rows:
+            lines.append(f"{r['method']:58s} {r['seconds']:9.3f} {r['median']:9.3f} {r['probes']:6d} "
+                         f"{r['trace']:12.6g} {_ratio(r['seconds'], ph):>12s} "
+                         f"{_num(r.get('max_difference'), '.1e'):>13s}")
+    if "blocks" in result:
+        b = result["blocks"]
+        lines += ["", f"per-layer (block) products H[layer, layer] v, {b['layers']} layers in all",
+                  f"{'block':42s} {'size':>8s} {'first s':>9s} {'s/HVP':>9s} {'(median)':>9s} {'HVP/s':>7s} "
+                  f"{'x all':>7s}"]
+        full = b["rows"][0]["seconds"]
+        for r in b["rows"]:
+            lines.append(f"{r['block']:42s} {r['size']:8d} {_num(r['first'], '.4f'):>9s} {r['seconds']:9.4f} "
+                         f"{r['median']:9.4f} {1 / r['seconds']:7.2f} {_ratio(r['seconds'], full):>7s}")
+    if "accuracy" in result:
+        lines += ["", "accuracy of one product against the float64 product (relative error of H v)"]
+        lines += [f"{r['method']:58s} {r['relative_error']:9.2e}" for r in result["accuracy"]["rows"]]
+    walls = ", ".join(f"{k} {result[k]['wall']:.0f} s" for k in result if k != "setup")
+    lines += ["", f"section wall times: {walls}"]
+    return "\n".join(lines)
+
+
+ARGUMENTS = {"hessian": hessian_arguments}
+RUNNERS = {"hessian": run_hessian}
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse a non-positive size, count or tolerance before the benchmark starts (one line, exit 2)."""
@@ -50,3 +183,4 @@ def check_arguments(args: argparse.Namespace) -> None:
 def _checked(run, args: argparse.Namespace) -> int:
     check_arguments(args)
     return run(args)
+
