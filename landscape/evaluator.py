@@ -484,6 +484,8 @@ class GridEvaluator:
             if name not in covered and self._moves(name):
                 self._swapped.append((t, len(segments)))
                 segments.append(_Segment(t.detach(), [d[name] for d in self._dvec]))
+        # the centre's own storage (detached now, so it stays the centre while the tensors read segments)
+        self._centre = {name: t.detach() for name, t in self._tensors() if self._moves(name)}
         self._layout(segments)
 
     def _first_layer_segment(self, layer: nn.Module, sample_shape, fold) -> _Segment | None:
@@ -623,12 +625,11 @@ class GridEvaluator:
     def _raw_state(self, c) -> dict[str, torch.Tensor]:
         """The model's moving parameters (and buffers) at coordinates ``c`` (for re-estimating statistics)."""
         out = {}
-        for name, t in self._tensors():
-            if self._moves(name):
-                v = t.detach().clone()
-                for ci, d in zip(c, self._dvec):
-                    v.add_(d[name], alpha=float(ci))
-                out[name] = v
+        for name, t in self._centre.items():
+            v = t.clone()
+            for ci, d in zip(c, self._dvec):
+                v.add_(d[name], alpha=float(ci))
+            out[name] = v
         return out
 
     def _refresh_stats(self, c) -> None:
