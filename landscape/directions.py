@@ -203,6 +203,20 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
 
 
 # -- random directions -----------------------------------------------------------------------
+def _draw(tensors: list[tuple[str, torch.Tensor]], gen: torch.Generator, norm: str, ignore: str) -> np.ndarray:
+    """One seeded Gaussian direction over ``tensors``, normalised tensor by tensor, flattened (float64)."""
+    parts = []
+    for _, t in tensors:
+        w = t.cpu().double()
+        d = torch.randn(w.shape, generator=gen, dtype=torch.float64)
+        if w.dim() <= 1 and ignore == "biasbn":
+            d.zero_()
+        else:
+            d = normalize_direction(d, w, norm)
+        parts.append(d.reshape(-1))
+    return torch.cat(parts).numpy() if parts else np.zeros(0)
+
+
 def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
                       ignore: str | None = "biasbn", dir_type: str = "weights") -> Directions:
     """Seeded Gaussian directions, normalised against the model's weights.
@@ -238,18 +252,13 @@ def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
     names, shapes = _layout(model, dir_type)
     # The draw happens on the CPU in float64 so that the directions do not depend on the device.
     gen = torch.Generator().manual_seed(int(seed))
-    rows = []
-    for _ in range(int(n)):
-        parts = []
-        for _, t in state_tensors(model, dir_type):
-            w = t.cpu().double()
-            d = torch.randn(w.shape, generator=gen, dtype=torch.float64)
-            if w.dim() <= 1 and ignore == "biasbn":
-                d.zero_()
-            else:
-                d = normalize_direction(d, w, norm)
-            parts.append(d.reshape(-1))
-        rows.append(torch.cat(parts).numpy())
+    params = state_tensors(model, "weights")
+    buffers = state_tensors(model, dir_type)[len(params):]
+    # every direction's parameters first, then (states) every direction's buffers: the parameter part of a
+    # states direction is then the weights direction of the same seed
+    rows = [_draw(params, gen, norm, ignore) for _ in range(int(n))]
+    if buffers:
+        rows = [np.concatenate([r, _draw(buffers, gen, norm, ignore)]) for r in rows]
     return Directions(np.stack(rows), names, shapes,
                       meta={"kind": "random", "seed": int(seed), "norm": norm, "ignore": ignore, "n": int(n),
                             **_dir_type_meta(dir_type)})

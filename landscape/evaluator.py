@@ -450,6 +450,7 @@ class GridEvaluator:
         segments: list[_Segment] = []
         self.patches: list[tuple[nn.Module, Callable]] = []  # module -> replacement forward during a call
         self._swapped: list[tuple[torch.Tensor, int]] = []  # parameter or buffer -> its segment
+        self.shortcut_layer: nn.Module | None = None  # the first layer, when its output is precomputed
         covered: set[str] = set()
         tr = self._probe_trace if shortcut else None
         folds = batchnorm_pairs(tr) if tr is not None else {}
@@ -463,6 +464,7 @@ class GridEvaluator:
             if seg is not None:
                 k = len(segments)
                 segments.append(seg)
+                self.shortcut_layer = first[1]
                 self.patches.append((first[1], lambda inp, k=k: self._output(k)))
                 covered |= set(self._names(first[1]).values())
                 if first[1] in folds:
