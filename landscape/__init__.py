@@ -37,6 +37,7 @@ _LAZY = {
     "Embedding": "embedding", "Sphere": "embedding",
     "gradcam": "gradcam", "CAM": "gradcam",
     "train": "train",
+    "recompute_statistics": "batchnorm",
 }
 
 

@@ -69,7 +69,10 @@ from torch import nn
 from .directions import Directions
 from .objective import outputs
 
-SHORTCUT_BUDGET_BYTES = 1 << 28  # precomputed first-layer parts larger than this fall back to the generic path
+# Precomputed first-layer parts (n_dirs + 1 copies of the layer's output on all the data) may take at most
+# twice the data's own bytes (at least 16 MiB, at most 256 MiB), so the engine's memory stays of the data's order.
+SHORTCUT_BUDGET_BYTES = 1 << 28
+SHORTCUT_SMALL_BYTES = 1 << 24
 # Combining the precomputed parts costs (n_dirs + 1) reads per output element; running the layer
 # costs fan-in multiply-adds, which run several times faster per element. Below this many
 # multiply-adds per part the layer is left to run.
@@ -496,7 +499,8 @@ class GridEvaluator:
         bias = layer.bias
         x = self.x.reshape(self.n, *sample_shape)  # the layer's input: the data, reshaped as the model does
         out_shape = _apply(layer, x[:1], layer.weight, bias).shape
-        if int(np.prod(out_shape)) * self.n * x.element_size() * (self.n_dirs + 1) > SHORTCUT_BUDGET_BYTES:
+        limit = min(SHORTCUT_BUDGET_BYTES, max(SHORTCUT_SMALL_BYTES, 2 * x.numel() * x.element_size()))
+        if int(np.prod(out_shape)) * self.n * x.element_size() * (self.n_dirs + 1) > limit:
             return None
         with torch.inference_mode():
             base = _apply(layer, x, layer.weight, bias)
