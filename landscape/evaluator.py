@@ -1,54 +1,60 @@
 """The fast engine behind surfaces: loss and accuracy at many points ``theta* + sum_i c_i d_i``.
 
 Speed comes from exact algebra, from the memory hierarchy and from not allocating, never from
-approximations. What is kept was measured to pay (figures: 2-core Xeon, one thread, torch
-2.13 CPU, best of several runs; the benchmark ``landscape bench surface`` prints the current
-ones against the peers):
+approximations. What is kept was measured to pay. Figures: minimum CPU time per grid point over
+8 alternating repetitions, one thread, torch 2.13 CPU, a shared 2-core Xeon (AVX-512); ResNet-20
+(the zoo ``resnet`` with widths 16-32-64, 3 blocks per stage) and VGG-11 with batchnorm on 256
+32x32x3 images, the shipped digits mlp on its 360 test images. ``landscape bench surface
+--ablation`` times the same switches against the peers in one run.
 
-* **the data is prepared once** (normalised, channels-last) and stays on the device; no
-  DataLoader, no model copies. Data larger than the device can hold is **streamed** batch by
-  batch with :meth:`landscape.data.Dataset.batches` instead (same numbers, see ``stream``);
-* **the forward pass runs in cache-sized pieces** of the data (``forward_batch``, chosen from
-  the largest activation of one sample: about 2 MiB of it per piece on the CPU), while the
-  criterion still sees the logits of the whole batch the user asked for, so a batch-dependent
-  loss (MAM-SoftMax's batch margin) is unchanged and no per-layer output of the whole data is
-  ever held. ResNet-20 on 256 CIFAR-size images: pieces of 32 run 1.3-1.6x faster than one
-  batch of 256 (and hold 1/8 of its activations);
-* **channels-last** memory format for convolutional nets on the CPU (oneDNN's fast layout):
-  ResNet-20 1.5-1.9x faster than NCHW; VGG-11, whose wide layers already run near the matmul
-  peak in NCHW, gains nothing and is left in NCHW (``channels_last`` picks by the width of the
-  first convolution, see :data:`CHANNELS_LAST_MAX_WIDTH`);
+* **the data is prepared once** (normalised, in the layout the model runs in) and stays on the
+  device; no DataLoader, no model copies. Data larger than the device can hold is **streamed**
+  batch by batch with :meth:`landscape.data.Dataset.batches` instead (same values; ``stream``);
+* **the forward pass runs in cache-sized pieces** of the data (``forward_batch``: about 2 MiB of
+  the largest activation, at least 32 samples), while the criterion still sees the logits of the
+  whole batch the user asked for, so a batch-dependent loss (MAM-SoftMax's margin) is unchanged,
+  and no per-layer output of the whole data is ever held (the model's structure is read from a
+  forward pass over two samples). ResNet-20: 0.568 -> 0.373 s per point (1.5x) against one piece
+  of 256; VGG-11: 1.10 -> 1.02 s (pieces of 8 and 16 are slower: 1.30 and 1.09 s);
+* **batchnorm folding**: an eval-mode batchnorm whose weights and statistics do not move is a
+  fixed per-channel affine map ``s z + t``, so a ``Linear``/``Conv2d`` followed by one runs with
+  weight ``s W`` and bias ``s b + t`` (segments of the flat vector below) and the batchnorm is
+  skipped. ResNet-20 (channels-last): 0.371 -> 0.275 s (1.35x); VGG-11: 1.02 -> 0.96 s (1.07x);
+* **channels-last** memory format on the CPU for nets whose first convolution is narrow
+  (:data:`CHANNELS_LAST_MAX_WIDTH`): ResNet-20 0.283 -> 0.222 s (1.27x, with folding). VGG-11
+  (64-512 channels, already near the matmul peak in NCHW) is slower in it, 0.96 -> 1.21 s, and
+  stays NCHW. Together: ResNet-20 2.1-2.6x, VGG-11 1.15x faster than one NCHW batch unfolded;
 * everything that changes from point to point is one flat vector ``flat = base + sum_i c_i D_i``
   written in place (two scaled additions per point); moving parameters (and, for ``states``
   directions, moving buffers) read their segment of it (their own storage is swapped back
   untouched afterwards), and tensors whose direction is zero are never touched;
-* **batchnorm folding**: an eval-mode batchnorm whose weights and statistics do not move is a
-  fixed per-channel affine map ``s z + t``, so a ``Linear``/``Conv2d`` followed by one runs with
-  weight ``s W`` and bias ``s b + t`` (segments of ``flat`` too) and the batchnorm is skipped
-  (ResNet-20, channels-last: 1.1-1.2x);
 * **first-layer shortcut**: when the first parametrised layer is a ``Linear`` fed directly by
   the data (only reshapes in between, as the zoo mlp's ``Flatten``), its output is linear in the
   coordinates, ``X (W0 + a D1 + b D2)^T = X W0^T + a X D1^T + b X D2^T``: its parts are computed
-  once and the layer's output is a segment of ``flat`` (digits mlp: 1.4x). For convolutions it
-  does not pay (a 3-channel first convolution is ~1 % of ResNet-20's FLOPs; combining three
-  precomputed parts costs as much as running it) and it would hold three copies of the first
-  layer's output for the whole data, so it is off for them (:data:`FIRST_LAYER_TYPES`);
+  once and the layer's output is a segment of ``flat``. Digits mlp: 0.58 -> 0.41 ms (1.4x). It
+  holds ``n_dirs + 1`` copies of the layer's output on all the data, so it is used only while they
+  take at most twice the data's bytes. For convolutions it does not pay (ResNet-20: 0.222 -> 0.277
+  s with it, 0.283 -> 0.280 s in NCHW: a 3-channel convolution is ~1 % of the FLOPs, and combining
+  the parts costs as much as running it) and is off (:data:`FIRST_LAYER_TYPES`);
 * on CUDA several points are evaluated per launch with ``torch.func.vmap`` over the
   coordinates, and TF32 is switched off while the engine runs, so float32 means float32.
 
-Tried and removed: ``torch.jit.freeze`` bakes the weights into the graph (a re-freeze per point
-costs more than the point); ``torch.compile`` saves a few elementwise passes after oneDNN's
-convolutions but costs tens of seconds of compilation per model and shape on this CPU; several
-points per launch with ``vmap`` on the CPU is slower than the in-place loop for the digits mlp
-(0.34 vs 0.28 ms per point: the per-point first-layer outputs leave the L2 cache) and for
-convolutions. Re-running only the moving suffix of a network is not done: random and
-between-checkpoint directions move every layer.
+Measured and not kept: several points per launch with ``vmap`` on the CPU (digits mlp: 0.41 ms
+per point one at a time; 1.20, 0.73, 0.55, 0.54, 0.58 ms with 2, 4, 8, 16, 64 per launch: the
+batched elementwise work leaves the cache and batched linears lose their fused bias); on the
+digits mlp about a quarter of a point is the criterion's own ``log_softmax`` (PyTorch's CPU
+kernel for a last dimension of 10 runs scalar, ~60 us for 360 samples). ``torch.jit.freeze``
+bakes the weights into the graph, so every point would need a new freeze. ``torch.compile`` could
+fuse the elementwise passes between oneDNN's convolutions, but costs tens of seconds of
+compilation per model and input shape on this CPU, more than a small surface takes; not used.
+Re-running only the moving suffix of a network is not done: random and between-checkpoint
+directions move every layer.
 
 A self-check at construction compares the logits of the fast path with a plain
-``functional_call`` evaluation of the offset weights at one point off the axes, and falls back
-to the plain path if a model does something the algebra does not cover (a layer's output reused
-elsewhere, tied weights). Every point is computed by the same operations whatever else is
-evaluated, so chunked, resumed and sharded runs give identical values.
+``functional_call`` evaluation of the offset weights at one point off the axes (on the first 64
+samples), and falls back to the plain path if a model does something the algebra does not cover
+(a layer's output reused elsewhere, tied weights). Every point is computed by the same operations
+whatever else is evaluated, so chunked, resumed and sharded runs give identical values.
 
 Batchnorm statistics at moved weights: ``recompute=`` takes a
 :class:`landscape.batchnorm.StatisticsEstimator`; before each point the running statistics are
@@ -83,8 +89,11 @@ FOLD_LAYERS: tuple[type, ...] = (nn.Linear, nn.Conv2d)
 SELF_CHECK_RTOL = 1e-3  # the shortcut differs from a plain evaluation by float rounding only (~1e-6)
 SELF_CHECK_SAMPLES = 64  # the self-check runs on the first samples only
 PROBE_SAMPLES = 2  # the structure of a model is read from a forward pass over this many samples
-# Activation bytes of one forward piece on the CPU: the L2 cache of one core, about.
+# Activation bytes of one forward piece on the CPU: the L2 cache of one core, about; but never fewer than
+# CPU_MIN_PIECE samples, or the wide late layers of a VGG run matmuls too thin to be efficient (measured:
+# VGG-11 in pieces of 8 is 1.3x slower than in pieces of 32; ResNet-20 is as fast in pieces of 32 as of 64).
 CPU_PIECE_BYTES = 2 << 20
+CPU_MIN_PIECE = 32
 # On CUDA, the activations of one piece (times the points per launch) may take this share of free memory.
 CUDA_PIECE_FRACTION = 0.1
 # Channels-last pays for narrow convolutions (ResNet-20: 16-64 channels) and not for wide ones (VGG: 64-512).
@@ -293,7 +302,9 @@ def choose_channels_last(model: nn.Module, device: torch.device) -> bool:
 
 
 def choose_forward_batch(sample_bytes: int, n: int, device: torch.device, points: int = 1) -> int:
-    """Samples per forward piece: activations of about :data:`CPU_PIECE_BYTES` on the CPU; on CUDA as many as fit.
+    """Samples per forward piece: cache-sized on the CPU, as many as fit on CUDA.
+
+    On the CPU about :data:`CPU_PIECE_BYTES` of activations, and at least :data:`CPU_MIN_PIECE` samples.
 
     Parameters
     ----------
@@ -309,7 +320,7 @@ def choose_forward_batch(sample_bytes: int, n: int, device: torch.device, points
     if device.type == "cuda":
         # a piece holds a few live activations of that size; stay well inside the free memory
         return int(max(1, min(n, CUDA_PIECE_FRACTION * available_memory(device) // (4 * per))))
-    return int(max(1, min(n, CPU_PIECE_BYTES // per)))
+    return int(max(1, min(n, max(CPU_MIN_PIECE, CPU_PIECE_BYTES // per))))
 
 
 @contextlib.contextmanager

@@ -76,6 +76,7 @@ def test_speed_choices_follow_the_measurements(resnet, cnn):
     assert not choose_channels_last(resnet, torch.device("cuda"))
     # about 2 MiB of activations per forward piece on the CPU: 32 CIFAR images for a 16-channel ResNet
     assert choose_forward_batch(16 * 32 * 32 * 4, 1000, cpu) == 32
+    assert choose_forward_batch(64 * 32 * 32 * 4, 1000, cpu) == 32  # VGG: never thinner than 32 samples
     assert choose_forward_batch(512, 360, cpu) == 360
 
 

@@ -383,7 +383,14 @@ def _setup(args):
     else:
         data = ls.load_dataset(spec, split="test").subset(args.samples, seed=args.seed)
     if not (args.checkpoint or args.arch == "mlp") and batchnorm_modules(ck.model):
-        # random weights: give the batchnorms the statistics of the data, as training would
+        # random weights: give the batchnorms affine parameters off their initial (1, 0), as training would
+        # (loss_landscapes' filter normalisation divides by zero on an all-zero bias), and the data's statistics
+        gen = torch.Generator().manual_seed(args.seed)
+        with torch.no_grad():
+            for _, bn in batchnorm_modules(ck.model):
+                if bn.affine:
+                    bn.weight.copy_(0.5 + torch.rand(bn.weight.shape, generator=gen))
+                    bn.bias.copy_(0.1 * torch.randn(bn.bias.shape, generator=gen))
         ck.model.load_state_dict(recompute_statistics(ck.model, None, data, device=device), strict=False)
         described += ", random weights, batchnorm statistics measured on the data"
     return ck, data, described, synthetic
