@@ -9,8 +9,12 @@ taking turns within each round so that the load of a shared machine falls on all
 * ``loop``: what Li et al.'s reference code does per point: write ``w + a d1 + b d2`` into the
   model's parameters, then iterate a DataLoader of 128 held on the host, moving each batch to
   the device (same directions as the engine, so the values are compared: max relative difference);
-* ``loss_landscapes``: ``loss_landscapes.random_plane`` (PyPI ``loss-landscapes``, optional
-  peer; its own random filter-normalised directions, the whole data in one forward, loss only).
+* ``loss_landscapes``: ``loss_landscapes.planar_interpolation`` (PyPI ``loss-landscapes``,
+  optional peer) over the same plane: its per-point work is that of its ``random_plane`` (the
+  parameters moved in place, the whole data in one forward, loss only), but the directions are
+  ours, so it runs on CUDA too (``random_plane`` draws its directions on the CPU and fails on a
+  GPU model). Its grid is shifted by one step in every other column (the library's own
+  iteration), so only its time is compared.
 
 Models (``--arch``): ``mlp`` is the shipped digits mlp-ce checkpoint; ``resnet20`` and ``vgg11``
 are the zoo's when registered, else stand-ins of the same shape (the zoo ``resnet`` with widths
@@ -280,6 +284,18 @@ def li_loop(model, criterion, x, y, dirs, xs, ys, batch_size: int = LOOP_BATCH) 
     return loss
 
 
+def loss_landscapes_plane(library, model: nn.Module, metric, dirs, n: int) -> np.ndarray:
+    """``loss_landscapes.planar_interpolation`` over ``[-1, 1]^2`` of our directions, ``n`` steps per axis."""
+    from landscape.directions import offset_parameters
+
+    corners = []
+    for c in ([-1.0, -1.0], [-1.0 + 2 * n / (n - 1), -1.0], [-1.0, -1.0 + 2 * n / (n - 1)]):
+        m = copy.deepcopy(model)
+        m.load_state_dict(offset_parameters(model, dirs, c), strict=False)
+        corners.append(m)
+    return library.planar_interpolation(*corners, metric, steps=n)
+
+
 def _interleaved(methods: dict, repeat: int, device) -> tuple[dict[str, list[float]], dict, dict[str, int]]:
     """Times of each method over ``repeat`` rounds, the methods taking turns within a round.
 
@@ -383,8 +399,8 @@ def _setup(args):
     else:
         data = ls.load_dataset(spec, split="test").subset(args.samples, seed=args.seed)
     if not (args.checkpoint or args.arch == "mlp") and batchnorm_modules(ck.model):
-        # random weights: give the batchnorms affine parameters off their initial (1, 0), as training would
-        # (loss_landscapes' filter normalisation divides by zero on an all-zero bias), and the data's statistics
+        # random weights: give the batchnorms affine parameters off their initial (1, 0) and the data's
+        # statistics, as training would (and filter normalisation would divide by the norm of a zero bias)
         gen = torch.Generator().manual_seed(args.seed)
         with torch.no_grad():
             for _, bn in batchnorm_modules(ck.model):
@@ -462,10 +478,7 @@ def run(args) -> SurfaceBenchmark:
             print("loss_landscapes is not installed; skipping that peer (pip install loss-landscapes)")
         else:
             metric = Loss(lambda logits, target: ck.criterion(logits, target), x, y)
-            # distance 0.5 spans +-||theta|| per axis, the extent of the engine's [-1, 1] x [-1, 1]
-            # over filter-normalised directions (whose norm is that of the weights)
-            methods["loss_landscapes.random_plane"] = lambda: loss_landscapes.random_plane(
-                copy.deepcopy(ck.model), metric, distance=0.5, steps=n, normalization="filter")
+            methods["loss_landscapes"] = lambda: loss_landscapes_plane(loss_landscapes, ck.model, metric, dirs, n)
 
     times, outs, peaks = _interleaved(methods, args.repeat, ck.device)
     loop = outs.get("loop (Li et al., DataLoader 128)")
