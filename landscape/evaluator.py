@@ -290,6 +290,12 @@ def _identity(inp: torch.Tensor) -> torch.Tensor:
     return inp
 
 
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """Whether a model normalises with batch statistics even in eval mode (batchnorm without running statistics)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+               for m in model.modules())
+
+
 def _first_conv_width(model: nn.Module) -> int | None:
     """Output channels of the model's first ``Conv2d`` (None without convolutions)."""
     return next((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
@@ -428,6 +434,8 @@ class GridEvaluator:
         self._probe_trace = trace(model, self._probe)
         self.forward_batch = (check_scalar(forward_batch, "forward_batch", int, min=1) if forward_batch is not None
                               else choose_forward_batch(self._probe_trace.sample_bytes, self.n, self.device, self.ppb))
+        if uses_batch_statistics(model):
+            self.forward_batch = self.batch_size  # its outputs depend on the batch: never cut one
         self._build(shortcut)
         if shortcut and self.patches and not self._agrees_with_plain():
             self._build(False)  # the algebra does not cover this model: evaluate it plainly

@@ -162,6 +162,19 @@ def test_a_loss_without_batching_rule_falls_back_to_one_point_at_a_time(mlp, dig
     np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-6)
 
 
+def test_a_model_normalising_with_batch_statistics_is_never_cut_into_pieces(digits_test):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16, track_running_stats=False), nn.ReLU(),
+                          nn.Linear(16, 10)).eval()
+    x, y = torch.as_tensor(digits_test.x[:80]), torch.as_tensor(digits_test.y[:80])
+    dirs = ls.random_directions(model, n=2, seed=0)
+    ev = GridEvaluator(model, ls.losses.get("ce"), x, y, dirs, forward_batch=8, batch_size=40)
+    assert ev.forward_batch == 40
+    with torch.inference_mode():
+        ref = np.mean([float(nn.functional.cross_entropy(model(x[i:i + 40]), y[i:i + 40])) for i in (0, 40)])
+    assert ev(np.zeros((1, 2)))["loss"][0] == pytest.approx(ref, rel=1e-6)
+
+
 def test_exact_float32_is_a_no_op_off_cuda():
     before = torch.backends.cudnn.allow_tf32
     with exact_float32(torch.device("cpu")):
