@@ -166,8 +166,10 @@ def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarra
         values = grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
                                fingerprint=fingerprint, resume=resume, chunk_size=chunk_size,
                                progress=progress, desc=desc)
-        # the true centre theta* (coordinates 0), which a grid of even size does not contain
-        centre = ev(np.zeros((1, dirs.n)))
+        # the true centre theta* (coordinates 0): a grid point of odd grids, evaluated on its own otherwise
+        at_zero = np.flatnonzero(np.all(points == 0, axis=1))
+        centre = ({k: v[at_zero[0]] for k, v in values.items()} if at_zero.size
+                  else ev(np.zeros((1, dirs.n))))
         fields_meta.update(centre={k: float(np.asarray(v).reshape(-1)[0]) for k, v in centre.items()})
         return values
     finally:

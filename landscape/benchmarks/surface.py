@@ -88,6 +88,7 @@ class MethodTiming:
     points: int
     peak_bytes: int | None = None
     max_rel_diff: float | None = None  # against the loop, on the same directions
+    cpu_seconds: list[float] = dataclasses.field(default_factory=list)  # process CPU time of each round
 
     @property
     def best(self) -> float:
@@ -103,6 +104,11 @@ class MethodTiming:
     def per_point(self) -> float:
         """Seconds per grid point (best round)."""
         return self.best / self.points
+
+    @property
+    def cpu_per_point(self) -> float | None:
+        """Process CPU seconds per grid point (best round): steadier than wall time on a shared machine."""
+        return min(self.cpu_seconds) / self.points if self.cpu_seconds else None
 
 
 @dataclasses.dataclass
@@ -140,6 +146,11 @@ class SurfaceBenchmark:
         """How many times faster ``over`` (default the engine) is than ``m``, best rounds."""
         return m.per_point / (over or self.engine).per_point
 
+    def cpu_speedup(self, m: MethodTiming, over: MethodTiming | None = None) -> float | None:
+        """The same on process CPU time."""
+        over = over or self.engine
+        return m.cpu_per_point / over.cpu_per_point if m.cpu_per_point and over.cpu_per_point else None
+
     def projected_seconds(self, m: MethodTiming) -> float:
         """Projected seconds of a 51 x 51 surface on 10,000 images (linear in points and samples)."""
         points, samples = PROJECTION
@@ -149,8 +160,9 @@ class SurfaceBenchmark:
         """Plain JSON-able numbers, derived figures included."""
         out = dataclasses.asdict(self)
         out["methods"] = [dict(dataclasses.asdict(m), best=m.best, median=m.median, per_point=m.per_point,
-                               gflops=self.gflops(m), pct_peak=100 * self.gflops(m) / self.peak_gflops,
-                               engine_speedup=self.speedup(m), projected_seconds=self.projected_seconds(m))
+                               cpu_per_point=m.cpu_per_point, gflops=self.gflops(m),
+                               pct_peak=100 * self.gflops(m) / self.peak_gflops, engine_speedup=self.speedup(m),
+                               engine_cpu_speedup=self.cpu_speedup(m), projected_seconds=self.projected_seconds(m))
                           for m in self.methods]
         return out
 
@@ -296,25 +308,27 @@ def loss_landscapes_plane(library, model: nn.Module, metric, dirs, n: int) -> np
     return library.planar_interpolation(*corners, metric, steps=n)
 
 
-def _interleaved(methods: dict, repeat: int, device) -> tuple[dict[str, list[float]], dict, dict[str, int]]:
-    """Times of each method over ``repeat`` rounds, the methods taking turns within a round.
+def _interleaved(methods: dict, repeat: int, device) -> tuple[dict, dict, dict, dict]:
+    """Wall and CPU times of each method over ``repeat`` rounds, the methods taking turns within a round.
 
     The first round also measures each method's peak memory.
     """
     times: dict[str, list[float]] = {name: [] for name in methods}
+    cpu: dict[str, list[float]] = {name: [] for name in methods}
     outputs, peaks = {}, {}
     for r in range(max(1, repeat)):
         for name, fn in methods.items():
             meter = PeakMemory(device) if r == 0 else contextlib.nullcontext()
             with meter:
                 _sync(device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 outputs[name] = fn()
                 _sync(device)
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
             if r == 0:
                 peaks[name] = meter.peak
-    return times, outputs, peaks
+    return times, cpu, outputs, peaks
 
 
 # -- models and data ----------------------------------------------------------------------------
@@ -480,14 +494,14 @@ def run(args) -> SurfaceBenchmark:
             metric = Loss(lambda logits, target: ck.criterion(logits, target), x, y)
             methods["loss_landscapes"] = lambda: loss_landscapes_plane(loss_landscapes, ck.model, metric, dirs, n)
 
-    times, outs, peaks = _interleaved(methods, args.repeat, ck.device)
+    times, cpu, outs, peaks = _interleaved(methods, args.repeat, ck.device)
     loop = outs.get("loop (Li et al., DataLoader 128)")
     rows = []
     for name, ts in times.items():
         diff = None
         if loop is not None and name.startswith("engine"):
             diff = float(np.nanmax(np.abs(outs[name].loss - loop) / np.abs(loop)))
-        rows.append(MethodTiming(name, ts, points, peaks.get(name), diff))
+        rows.append(MethodTiming(name, ts, points, peaks.get(name), diff, cpu[name]))
     return SurfaceBenchmark(
         model=described, data=data.name + (" (synthetic: timing only)" if synthetic else ""), synthetic=synthetic,
         samples=len(data), grid=n, device=str(ck.device), threads=torch.get_num_threads(),
