@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-$(shell echo "$(TORCH) $(TORCH_INDEX)" | cksum | cut -d" " -f1)
 INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup test lint report clean-venv
+.PHONY: setup test lint report clean-venv gpu-check
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ lint: setup
 
 report: setup
 	$(BIN)/landscape report $(SPEC)
+
+# On a GPU machine (with a CUDA torch build): GPU tests and benches in one table, under 5 minutes.
+gpu-check: setup
+	$(BIN)/python scripts/gpu_check.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -44,6 +44,7 @@ _LAZY = {
     "neural_collapse": "collapse", "NeuralCollapse": "collapse", "collapse_curve": "collapse",
     "CollapseCurve": "collapse", "cka": "cka", "cka_matrix": "cka", "CKAMatrix": "cka",
     "GGNOperator": "hvp", "as_operator": "operators",
+    "recompute_statistics": "batchnorm",
 }
 
 

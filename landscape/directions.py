@@ -9,9 +9,13 @@ A loss surface is ``f(a, b) = L(theta* + a d1 + b d2)``. This module builds the 
 * :func:`trajectory_directions`: the top principal directions of a training trajectory,
   with the trajectory projected onto them.
 
-Directions cover ``model.named_parameters()`` only, so batchnorm running statistics
-(buffers) are never moved. A :class:`Directions` is a :class:`~landscape.results.Result`,
-so it is saved with (and reloaded from) every surface computed along it.
+By default (``dir_type="weights"``) directions cover ``model.named_parameters()`` only, so
+batchnorm running statistics (buffers) are never moved. ``dir_type="states"`` (Li et al.'s
+``dir_type=states``) covers the model's floating-point state as well: the parameters, then the
+floating-point buffers (running means and variances) in ``named_buffers()`` order, so that a line
+between two checkpoints interpolates their running statistics too and ends exactly at the
+second checkpoint. A :class:`Directions` is a :class:`~landscape.results.Result`, so it is
+saved with (and reloaded from) every surface computed along it.
 """
 from __future__ import annotations
 
@@ -24,11 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ArgumentError
+from .errors import ArgumentError, check_choice
 from .results import Result
 
 NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
+DIR_TYPES = ("weights", "states")
 _EPS = 1e-10  # as in Li et al.'s code: keeps an all-zero filter of the weights from dividing by zero
 
 
@@ -40,13 +45,15 @@ class Directions(Result):
     ----------
     vectors : np.ndarray
         ``(n, P)`` float32: each direction flattened and concatenated over
-        ``model.named_parameters()`` order (all parameters; ignored ones are zero).
+        ``model.named_parameters()`` order (all parameters; ignored ones are zero), followed
+        for ``dir_type="states"`` by the floating-point buffers in ``named_buffers()`` order.
     names : list of str
-        Parameter names in that order.
+        Parameter (and buffer) names in that order.
     shapes : list of list of int
-        Parameter shapes in that order.
+        Their shapes in that order.
     meta : dict
-        ``kind`` ("random", "between", "pca"), ``seed``, ``norm``, ``ignore`` and kind-specific entries.
+        ``kind`` ("random", "between", "pca"), ``seed``, ``norm``, ``ignore``, ``dir_type``
+        ("weights" when absent) and kind-specific entries.
     coords : np.ndarray
         Keyword-only: ``(T, n)`` coordinates of the trajectory on these directions (PCA
         directions only; empty otherwise).
@@ -72,6 +79,11 @@ class Directions(Result):
         """Number of directions."""
         return int(self.vectors.shape[0])
 
+    @property
+    def dir_type(self) -> str:
+        """``"weights"`` (parameters only) or ``"states"`` (parameters and floating-point buffers)."""
+        return str(self.meta.get("dir_type") or "weights")
+
     def tensors(self, i: int, device: str | torch.device | None = None,
                 dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Direction ``i`` as ``{parameter name: tensor of the parameter's shape}``.
@@ -94,8 +106,9 @@ class Directions(Result):
         return out
 
     def check_model(self, model: nn.Module) -> None:
-        """Raise :class:`ArgumentError` unless ``model``'s parameters have these names and shapes."""
-        have = [(n, list(p.shape)) for n, p in model.named_parameters()]
+        """Raise :class:`ArgumentError` unless the model has these parameters (and buffers, for states)."""
+        names, shapes = _layout(model, self.dir_type)
+        have = list(zip(names, shapes))
         if have != list(zip(self.names, self.shapes)):
             mismatch = next(((a, b) for a, b in zip(have, zip(self.names, self.shapes)) if a != tuple(b)), None)
             raise ArgumentError(
@@ -134,14 +147,26 @@ def _name(obj) -> str:
                or (os.fspath(obj) if isinstance(obj, (str, os.PathLike)) else type(obj).__name__))
 
 
-def flat_parameters(model: nn.Module) -> np.ndarray:
-    """All parameters of ``model`` flattened in ``named_parameters()`` order, float64 on the CPU."""
-    return np.concatenate([p.detach().cpu().double().reshape(-1).numpy() for p in model.parameters()])
+def state_tensors(model: nn.Module, dir_type: str = "weights") -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` that directions of ``dir_type`` cover, in their layout order.
+
+    The parameters, then for ``"states"`` the floating-point buffers (batchnorm running
+    statistics; not the integer ``num_batches_tracked``).
+    """
+    named = [(n, p.detach()) for n, p in model.named_parameters()]
+    if dir_type == "states":
+        named += [(n, b.detach()) for n, b in model.named_buffers() if b.is_floating_point()]
+    return named
 
 
-def _layout(model: nn.Module) -> tuple[list[str], list[list[int]]]:
-    named = list(model.named_parameters())
-    return [n for n, _ in named], [list(p.shape) for _, p in named]
+def flat_parameters(model: nn.Module, dir_type: str = "weights") -> np.ndarray:
+    """All parameters (and for ``"states"`` floating-point buffers) of ``model`` flattened, float64 on the CPU."""
+    return np.concatenate([t.cpu().double().reshape(-1).numpy() for _, t in state_tensors(model, dir_type)])
+
+
+def _layout(model: nn.Module, dir_type: str = "weights") -> tuple[list[str], list[list[int]]]:
+    named = state_tensors(model, dir_type)
+    return [n for n, _ in named], [list(t.shape) for _, t in named]
 
 
 def normalize_direction(d: torch.Tensor, w: torch.Tensor, norm: str) -> torch.Tensor:
@@ -163,6 +188,11 @@ def normalize_direction(d: torch.Tensor, w: torch.Tensor, norm: str) -> torch.Te
     return d * (wn / (dn + _EPS))
 
 
+def _dir_type_meta(dir_type: str) -> dict:
+    """``{"dir_type": "states"}`` for states directions; weights directions keep their meta as it always was."""
+    return {"dir_type": dir_type} if dir_type != "weights" else {}
+
+
 def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
     value = "none" if value is None else str(value)
     if value not in choices:
@@ -173,8 +203,25 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
 
 
 # -- random directions -----------------------------------------------------------------------
+def _draw(tensors: list[tuple[str, torch.Tensor]], gen: torch.Generator, norm: str, ignore: str,
+          one_d: str = "random") -> np.ndarray:
+    """One seeded Gaussian direction over ``tensors``, normalised tensor by tensor, flattened (float64)."""
+    parts = []
+    for _, t in tensors:
+        w = t.cpu().double()
+        d = torch.randn(w.shape, generator=gen, dtype=torch.float64)
+        if w.dim() <= 1 and ignore == "biasbn":
+            d.zero_()
+        elif w.dim() <= 1 and one_d == "li":
+            d = w.clone()
+        else:
+            d = normalize_direction(d, w, norm)
+        parts.append(d.reshape(-1))
+    return torch.cat(parts).numpy() if parts else np.zeros(0)
+
+
 def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
-                      ignore: str | None = "biasbn", one_d: str = "random") -> Directions:
+                      ignore: str | None = "biasbn", one_d: str = "random", dir_type: str = "weights") -> Directions:
     """Seeded Gaussian directions, normalised against the model's weights.
 
     Parameters
@@ -195,6 +242,10 @@ def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
         draw (``"random"``) or, as in Li et al.'s code (``net_plotter.normalize_directions_for_weights``),
         a copy of the parameter itself (``"li"``). The random draw is made either way, so the other
         parameters' directions do not depend on this choice.
+    dir_type : {"weights", "states"}
+        ``"states"`` also covers the floating-point buffers (drawn after the parameters, so the
+        parameter part equals the ``"weights"`` direction of the same seed; batchnorm running
+        statistics are one-dimensional, so ``"biasbn"`` zeroes them as Li et al. do).
 
     Returns
     -------
@@ -203,39 +254,33 @@ def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
     norm = _check_choice(norm, NORMS, "norm")
     ignore = _check_choice(ignore, IGNORES, "ignore")
     one_d = _check_choice(one_d, ("random", "li"), "one_d")
+    dir_type = check_choice(dir_type, "dir_type", DIR_TYPES)
     if int(n) < 1:
         raise ArgumentError(f"n={n}: ask for at least one direction.")
     model = _as_model(model)
-    names, shapes = _layout(model)
+    names, shapes = _layout(model, dir_type)
     # The draw happens on the CPU in float64 so that the directions do not depend on the device.
     gen = torch.Generator().manual_seed(int(seed))
-    rows = []
-    for _ in range(int(n)):
-        parts = []
-        for p in model.parameters():
-            w = p.detach().cpu().double()
-            d = torch.randn(w.shape, generator=gen, dtype=torch.float64)
-            if w.dim() <= 1 and ignore == "biasbn":
-                d.zero_()
-            elif w.dim() <= 1 and one_d == "li":
-                d = w.clone()
-            else:
-                d = normalize_direction(d, w, norm)
-            parts.append(d.reshape(-1))
-        rows.append(torch.cat(parts).numpy())
-    meta = {"kind": "random", "seed": int(seed), "norm": norm, "ignore": ignore, "n": int(n)}
+    params = state_tensors(model, "weights")
+    buffers = state_tensors(model, dir_type)[len(params):]
+    # every direction's parameters first, then (states) every direction's buffers: the parameter part of a
+    # states direction is then the weights direction of the same seed
+    rows = [_draw(params, gen, norm, ignore, one_d) for _ in range(int(n))]
+    if buffers:
+        rows = [np.concatenate([r, _draw(buffers, gen, norm, ignore, one_d)]) for r in rows]
+    meta = {"kind": "random", "seed": int(seed), "norm": norm, "ignore": ignore, "n": int(n),
+            **_dir_type_meta(dir_type)}
     if ignore == "none":  # one_d matters only when one-dimensional parameters move
         meta["one_d"] = one_d
     return Directions(np.stack(rows), names, shapes, meta=meta)
 
 
 # -- through checkpoints ---------------------------------------------------------------------
-def directions_between(origin, *others) -> Directions:
+def directions_between(origin, *others, dir_type: str = "weights") -> Directions:
     """The line (one other) or plane (two others) through checkpoints, centred on ``origin``.
 
     ``d_i = theta_i - theta_origin`` over every parameter, so the surface point ``(1, 0)`` is
-    the first other checkpoint and ``(0, 1)`` the second. Batchnorm running statistics stay
-    those of ``origin`` (they are buffers, not parameters).
+    the first other checkpoint and ``(0, 1)`` the second.
 
     Parameters
     ----------
@@ -243,23 +288,30 @@ def directions_between(origin, *others) -> Directions:
         The centre.
     *others : nn.Module, Checkpoint or path
         One or two checkpoints of the same architecture.
+    dir_type : {"weights", "states"}
+        ``"weights"``: batchnorm running statistics stay those of ``origin`` (they are buffers,
+        not parameters), so ``(1, 0)`` has the other's weights with the origin's statistics.
+        ``"states"``: the running statistics are interpolated too, so ``(1, 0)`` *is* the
+        other checkpoint (Li et al.'s ``dir_type=states``).
     """
+    dir_type = check_choice(dir_type, "dir_type", DIR_TYPES)
     if len(others) not in (1, 2):
         raise ArgumentError("directions_between takes the origin and one or two other checkpoints, "
                             f"got {len(others)} others.")
     base = _as_model(origin)
-    names, shapes = _layout(base)
-    theta0 = flat_parameters(base)
+    names, shapes = _layout(base, dir_type)
+    theta0 = flat_parameters(base, dir_type)
     rows = []
     for other in others:
         m = _as_model(other, like=base)
-        if _layout(m) != (names, shapes):
+        if _layout(m, dir_type) != (names, shapes):
             raise ArgumentError(f"checkpoint {_name(other)} has another architecture than {_name(origin)}; "
                                 "a line or plane needs checkpoints of one architecture.")
-        rows.append(flat_parameters(m) - theta0)
+        rows.append(flat_parameters(m, dir_type) - theta0)
     return Directions(np.stack(rows), names, shapes,
                       meta={"kind": "between", "origin": _name(origin), "others": [_name(o) for o in others],
-                            "norm": "none", "ignore": "none", "seed": None, "n": len(rows)})
+                            "norm": "none", "ignore": "none", "seed": None, "n": len(rows),
+                            **_dir_type_meta(dir_type)})
 
 
 def trajectory_directions(checkpoints: Iterable, n: int = 2, ignore: str | None = None) -> Directions:
@@ -308,10 +360,11 @@ def trajectory_directions(checkpoints: Iterable, n: int = 2, ignore: str | None 
 
 # -- placing a model on the plane ------------------------------------------------------------
 def offset_parameters(model: nn.Module, dirs: Directions, coords: Sequence[float]) -> dict[str, torch.Tensor]:
-    """``theta* + sum_i coords[i] * d_i`` for every parameter of ``model``.
+    """``theta* + sum_i coords[i] * d_i`` for every parameter of ``model`` (and buffer, for states directions).
 
     The tensors have the device and dtype of the model's parameters and are ready for
-    ``torch.func.functional_call(model, {**params, **buffers}, x)``; the model itself is not changed.
+    ``torch.func.functional_call(model, {**buffers, **params}, x)``; the model itself is not changed.
+    For ``dir_type="states"`` directions the floating-point buffers are included, moved too.
 
     Parameters
     ----------
@@ -327,8 +380,8 @@ def offset_parameters(model: nn.Module, dirs: Directions, coords: Sequence[float
         raise ArgumentError(f"{len(coords)} coordinates given for {dirs.n} directions.")
     dirs.check_model(model)
     out = {}
-    for name, p in model.named_parameters():
-        out[name] = p.detach().clone()
+    for name, p in state_tensors(model, dirs.dir_type):
+        out[name] = p.clone()
     for i, c in enumerate(coords):
         if c == 0.0:
             continue

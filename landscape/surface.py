@@ -2,6 +2,10 @@
 
 The loss is the checkpoint's own training objective (margins included), evaluated in eval
 mode on a dataset or a seeded subset of it; plain cross-entropy can be added beside it.
+Batchnorm running statistics are those stored (``bn="eval"``, Li et al.'s default) or
+re-estimated at every point on a seeded subset of the training split (``bn="recompute"``, as
+Garipov et al. do along curves; see :mod:`landscape.batchnorm`); ``states`` directions move them
+along with the weights. Data too large for the device is streamed batch by batch (``stream``).
 The work goes through :func:`landscape.grid.run_grid`, so a run with ``out`` is flushed in
 chunks, resumes after a kill (``resume=True``) and is sharded over torch.distributed ranks.
 Points where the loss diverges keep their inf/NaN values; nothing crashes on them.
@@ -16,10 +20,12 @@ import os
 import numpy as np
 
 from . import grid
+from .batchnorm import DEFAULT_BN_BATCH_SIZE, DEFAULT_BN_SUBSET, StatisticsEstimator, check_bn
 from .checkpoint import Checkpoint, as_checkpoint
 from .data import Dataset, as_dataset
 from .directions import Directions, directions_between, random_directions
-from .evaluator import GridEvaluator
+from .errors import ArgumentError
+from .evaluator import GridEvaluator, prepare_inputs
 from .progress import choice as progress_choice
 from .plane import axis, plane_fingerprint, plane_meta, plane_setup, subset_argument
 from .results import Result
@@ -109,25 +115,61 @@ def _criterion(ck: Checkpoint, criterion):
     return criterion, type(criterion).__name__
 
 
+@dataclasses.dataclass
+class BatchNormOptions:
+    """How batchnorm statistics are treated at moved weights (see :mod:`landscape.batchnorm`)."""
+
+    mode: str = "eval"
+    data: object = None
+    subset: int | None = DEFAULT_BN_SUBSET
+    batch_size: int = DEFAULT_BN_BATCH_SIZE
+
+    def estimator(self, ck: Checkpoint, given_data, seed: int) -> StatisticsEstimator | None:
+        """The re-estimator for ``bn="recompute"`` (None for ``"eval"``)."""
+        self.mode = check_bn(self.mode)
+        if self.mode == "eval":
+            return None
+        source = self.data if self.data is not None else (given_data if isinstance(given_data, str) else None)
+        if source is None:
+            raise ArgumentError("bn='recompute' re-estimates the batchnorm statistics on the training split: pass "
+                                "bn_data= (a dataset spec such as 'cifar10:DIR', whose train split is used, or the "
+                                "training Dataset itself).")
+        return StatisticsEstimator(ck.model, source, n=self.subset, seed=seed, batch_size=self.batch_size,
+                                   transform=ck.normalize, device=ck.device)
+
+    def meta(self, est: StatisticsEstimator | None) -> dict:
+        """What a result records about it."""
+        if est is None:
+            return {"bn": self.mode}
+        return {"bn": self.mode, "bn_data": est.data.name, "bn_subset": est.n, "bn_batch_size": est.batch_size}
+
+
 def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarray, fields_meta: dict, *,
               criterion, with_ce: bool, batch_size, out, resume, chunk_size, progress, desc: str,
-              points_per_batch: int | None, shortcut: bool) -> dict[str, np.ndarray]:
+              points_per_batch: int | None, shortcut: bool, bn: BatchNormOptions, given_data, seed: int,
+              stream: bool | None) -> dict[str, np.ndarray]:
     """Run the grid engine over ``points`` and return ``{field: (P,)}``."""
     crit, crit_name = _criterion(ck, criterion)
-    x, y = ck.prepare(data)
     was_training = ck.model.training
     ck.model.eval()  # a surface is always of the model in eval mode (dropout off, batchnorm running statistics)
     try:
+        est = bn.estimator(ck, given_data, seed)
+        x, y = prepare_inputs(ck, data, stream=stream)
         ev = GridEvaluator(ck.model, crit, x, y, dirs, with_ce=with_ce, batch_size=batch_size,
-                           shortcut=shortcut, points_per_batch=points_per_batch)
+                           shortcut=shortcut, points_per_batch=points_per_batch, recompute=est)
+        del x  # the engine holds the inputs in the layout it runs on
+        bn_meta = bn.meta(est)
         fingerprint = plane_fingerprint(ck, data, dirs, points, "surface", criterion=crit_name,
-                                        fields=list(ev.fields), batch_size=batch_size)
-        fields_meta.update(criterion=crit_name)
+                                        fields=list(ev.fields), batch_size=batch_size,
+                                        **(bn_meta if est is not None else {}))
+        fields_meta.update(criterion=crit_name, **bn_meta)
         values = grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
                                fingerprint=fingerprint, resume=resume, chunk_size=chunk_size,
                                progress=progress, desc=desc)
-        # the true centre theta* (coordinates 0), which a grid of even size does not contain
-        centre = ev(np.zeros((1, dirs.n)))
+        # the true centre theta* (coordinates 0): a grid point of odd grids, evaluated on its own otherwise
+        at_zero = np.flatnonzero(np.all(points == 0, axis=1))
+        centre = ({k: v[at_zero[0]] for k, v in values.items()} if at_zero.size
+                  else ev(np.zeros((1, dirs.n))))
         fields_meta.update(centre={k: float(np.asarray(v).reshape(-1)[0]) for k, v in centre.items()})
         return values
     finally:
@@ -139,7 +181,9 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
             subset: int | None = None, seed: int = 0, criterion="train", with_ce: bool = False,
             batch_size: int | None = None, out: str | os.PathLike | None = None, resume: bool = False,
             chunk_size: int = 64, verbose: bool | None = None, points_per_batch: int | None = None,
-            shortcut: bool = True, n_samples: int | None = None, progress: bool | None = None) -> Surface:
+            shortcut: bool = True, bn: str = "eval", bn_data=None, bn_subset: int | None = DEFAULT_BN_SUBSET,
+            bn_batch_size: int = DEFAULT_BN_BATCH_SIZE, stream: bool | None = None,
+            n_samples: int | None = None, progress: bool | None = None) -> Surface:
     """Loss and accuracy of ``ck`` over the plane ``theta* + a d1 + b d2``.
 
     Parameters
@@ -176,13 +220,30 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     points_per_batch : int, optional
         Grid points per launch (``torch.func.vmap``); default 16 on CUDA, 1 on the CPU.
     shortcut : bool
-        Use the exact first-layer shortcut where it applies (see :mod:`landscape.evaluator`).
+        Use the exact first-layer shortcut and batchnorm folding where they apply (see
+        :mod:`landscape.evaluator`).
+    bn : {"eval", "recompute"}
+        Batchnorm running statistics at each point: ``"eval"`` uses those stored (Li et al.'s
+        default); ``"recompute"`` re-estimates them at that point's weights on ``bn_subset``
+        seeded samples of the training split (Garipov et al.), then evaluates in eval mode.
+    bn_data : Dataset or str, optional
+        The training data for ``bn="recompute"`` (a spec string loads its train split); default:
+        the train split of ``data`` when ``data`` is a spec string.
+    bn_subset : int or None
+        Samples of ``bn_data`` per re-estimate (seeded with ``seed``, the same for every point);
+        None uses all of them.
+    bn_batch_size : int
+        Batch size of the re-estimate (the statistics are averages over its batches).
+    stream : bool or None
+        Stream the data batch by batch instead of holding it on the device (same values);
+        None streams when it would take more than a quarter of the device's free memory.
 
     Returns
     -------
     Surface
         ``loss[j, i]`` at ``(x[i], y[j])``, identical on every rank.
     """
+    given_data = data
     subset = subset_argument(subset, n_samples)
     ck, data, dirs, xs, ys = plane_setup(ck, data, dirs, x, y, subset, seed, "a surface",
                                          hint="; use interpolate() for one")
@@ -193,8 +254,9 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     extra: dict = {}
     values = _evaluate(ck, data, dirs, points, extra, criterion=criterion, with_ce=with_ce, batch_size=batch_size,
                        out=out, resume=resume, chunk_size=chunk_size, progress=progress_choice(verbose, progress),
-                       desc="surface",
-                       points_per_batch=points_per_batch, shortcut=shortcut)
+                       desc="surface", points_per_batch=points_per_batch, shortcut=shortcut,
+                       bn=BatchNormOptions(bn, bn_data, bn_subset, bn_batch_size), given_data=given_data, seed=seed,
+                       stream=stream)
     shape = (len(ys), len(xs))
     surf = Surface(xs, ys, values["loss"].reshape(shape), values["accuracy"].reshape(shape),
                    values["ce_loss"].reshape(shape) if with_ce else None, dirs.vectors,
@@ -207,8 +269,9 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
 def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, subset: int | None = None,
                 seed: int = 0, criterion="train", with_ce: bool = False, batch_size: int | None = None,
                 out: str | os.PathLike | None = None, resume: bool = False, chunk_size: int = 64,
-                verbose: bool | None = None, shortcut: bool = True, n_samples: int | None = None,
-                progress: bool | None = None) -> Curve:
+                verbose: bool | None = None, shortcut: bool = True, dir_type: str = "weights", bn: str = "eval",
+                bn_data=None, bn_subset: int | None = DEFAULT_BN_SUBSET, bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
+                stream: bool | None = None, n_samples: int | None = None, progress: bool | None = None) -> Curve:
     """Loss and accuracy along a line through ``ck``.
 
     Parameters
@@ -225,29 +288,39 @@ def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, subse
         Number of points when ``t`` is not given.
     t : tuple (lo, hi, n), or list/array of coordinates, optional
         Positions on the line.
+    dir_type : {"weights", "states"}
+        For a line to another checkpoint: ``"states"`` interpolates the batchnorm running
+        statistics too, so ``t = 1`` is exactly the other checkpoint (Li et al.'s
+        ``dir_type=states``); ``"weights"`` keeps those of ``ck``. Random directions are drawn
+        over the same state (random ``states`` directions leave the statistics where they are).
     subset, seed, criterion, with_ce, batch_size, out, resume, chunk_size, verbose, shortcut
+        As in :func:`surface`.
+    bn, bn_data, bn_subset, bn_batch_size, stream
         As in :func:`surface`.
 
     Returns
     -------
     Curve
     """
+    given_data = data
     ck = as_checkpoint(ck)
     data = as_dataset(data, subset_argument(subset, n_samples), seed)
     if other is None:
-        dirs, default = random_directions(ck.model, n=1, seed=seed), (-1.0, 1.0, steps)
+        dirs, default = random_directions(ck.model, n=1, seed=seed, dir_type=dir_type), (-1.0, 1.0, steps)
     elif isinstance(other, Directions):
         dirs = Directions(other.vectors[:1], other.names, other.shapes, meta=dict(other.meta, n=1))
         default = (-1.0, 1.0, steps)
     else:
-        dirs, default = directions_between(ck, other), (-0.5, 1.5, steps)
+        dirs, default = directions_between(ck, other, dir_type=dir_type), (-0.5, 1.5, steps)
     ts = axis(t if t is not None else default, "t")
     out = grid.result_path(out)
     extra: dict = {}
     values = _evaluate(ck, data, dirs, ts[:, None], extra, criterion=criterion, with_ce=with_ce,
                        batch_size=batch_size, out=out, resume=resume, chunk_size=chunk_size,
                        progress=progress_choice(verbose, progress),
-                       desc="line", points_per_batch=None, shortcut=shortcut)
+                       desc="line", points_per_batch=None, shortcut=shortcut,
+                       bn=BatchNormOptions(bn, bn_data, bn_subset, bn_batch_size), given_data=given_data, seed=seed,
+                       stream=stream)
     curve = Curve(ts, values["loss"], values["accuracy"], values["ce_loss"] if with_ce else None, dirs.vectors,
                   plane_meta(ck, data, dirs, seed, steps=len(ts), t_range=[float(ts[0]), float(ts[-1])], **extra))
     grid.save_result(curve, out)

@@ -144,3 +144,55 @@ def test_trajectory_pca_matches_an_svd_reference(zoo_path):
     np.testing.assert_allclose(dirs.coords, diffs @ dirs.vectors.T.astype(np.float64), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(dirs.coords[-1], [0.0, 0.0])
     assert dirs.coords.shape == (8, 2)
+
+
+# -- directions over the model's state (Li et al.'s dir_type=states) ------------------------------
+def _state(model) -> dict[str, np.ndarray]:
+    """Parameters and floating buffers by name, float64 (an independent reading of the model)."""
+    out = {k: v.detach().double().numpy() for k, v in model.named_parameters()}
+    out.update({k: v.double().numpy() for k, v in model.named_buffers() if v.is_floating_point()})
+    return out
+
+
+def test_states_directions_cover_buffers_after_the_parameters(mlp):
+    weights = ls.random_directions(mlp.model, n=2, seed=4)
+    states = ls.random_directions(mlp.model, n=2, seed=4, dir_type="states")
+    params = [n for n, _ in mlp.model.named_parameters()]
+    buffers = [n for n, b in mlp.model.named_buffers() if b.is_floating_point()]
+    assert states.names == params + buffers and "body.2.running_var" in states.names
+    assert not any(n.endswith("num_batches_tracked") for n in states.names)
+    assert states.dir_type == "states" and weights.dir_type == "weights" and states.meta["dir_type"] == "states"
+    # the parameter part is the weights direction of the same seed; biasbn zeroes the 1-D statistics
+    np.testing.assert_array_equal(states.vectors[:, :weights.vectors.shape[1]], weights.vectors)
+    assert not states.vectors[:, weights.vectors.shape[1]:].any()
+    kept = ls.random_directions(mlp.model, n=1, seed=4, dir_type="states", ignore=None)
+    d, w = _split(kept, 0), _state(mlp.model)
+    for name in buffers:
+        assert np.linalg.norm(d[name]) == pytest.approx(np.linalg.norm(w[name]), rel=1e-5), name
+
+
+def test_states_line_between_checkpoints_is_the_state_difference(zoo_path, mlp):
+    other = zoo_path("mlp-ce").parent / "snapshots" / "mlp-ce" / "epoch010.safetensors"
+    dirs = ls.directions_between(mlp, other, dir_type="states")
+    target = _state(ls.load_checkpoint(other, device="cpu").model)
+    start = _state(mlp.model)
+    d = _split(dirs, 0)
+    for name in target:
+        np.testing.assert_allclose(d[name], target[name] - start[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    moved = offset_parameters(mlp.model, dirs, [1.0])
+    assert "body.2.running_mean" in moved
+    for name, t in moved.items():
+        np.testing.assert_allclose(t.numpy(), target[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    # weights directions leave the statistics out (they stay the origin's)
+    assert "body.2.running_mean" not in offset_parameters(mlp.model, ls.directions_between(mlp, other), [1.0])
+
+
+def test_states_directions_check_the_buffers_and_survive_a_save(tmp_path, mlp, cnn):
+    dirs = ls.random_directions(mlp.model, n=2, seed=0, dir_type="states")
+    back = Directions.load(dirs.save(tmp_path / "states"))
+    assert back.dir_type == "states"
+    back.check_model(mlp.model)
+    with pytest.raises(ArgumentError, match="another architecture"):
+        back.check_model(cnn.model)
+    with pytest.raises(ArgumentError, match="dir_type='state' is not one of the choices"):
+        ls.random_directions(mlp.model, dir_type="state")
