@@ -38,6 +38,7 @@ _LAZY = {
     "gradcam": "gradcam", "CAM": "gradcam",
     "train": "train",
     "AngularStats": "embedding",
+    "faithfulness": "faithfulness", "Faithfulness": "faithfulness",
 }
 
 

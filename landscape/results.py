@@ -34,6 +34,7 @@ RESULT_MODULES = {
     "Embedding": "embedding", "Sphere": "embedding", "StatsTable": "embedding", "AngularStats": "embedding",
     "Phenotype": "phenotype", "PhenotypeDifference": "phenotype",
     "CAM": "gradcam",
+    "Faithfulness": "faithfulness",
 }
 
 
