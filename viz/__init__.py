@@ -23,6 +23,7 @@ _NAMES = {
                      "class_colors"), "embedding"),
     **dict.fromkeys(("phenotype_curves", "phenotype_surface", "phenotype_difference"), "phenotype"),
     **dict.fromkeys(("gradcam_grid", "gradcam_compare"), "gradcam"),
+    **dict.fromkeys(("faithfulness_plot", "faithfulness_table", "faithfulness_rows"), "gradcam"),
     **dict.fromkeys(("build_report", "load_spec", "KINDS"), "report"),
 }
 
