@@ -25,7 +25,8 @@ from viz.report import KINDS, build_report, load_spec, plan_report
 
 # the toolkit functions the kinds call (ls.random_directions stays real: it is cheap and seeded)
 COMPUTATIONS = ("surface", "interpolate", "trajectory_directions", "eigen_ratio_map", "spectral_density",
-                "extract_features", "tsne", "hypersphere", "phenotype", "phenotype_difference", "gradcam")
+                "extract_features", "tsne", "hypersphere", "phenotype", "phenotype_difference", "gradcam",
+                "faithfulness")
 MODEL = {"gradcam": "cnn", "faithfulness": "cnn"}  # the model each kind is tried with (default: the mlp)
 
 
