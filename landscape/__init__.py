@@ -45,6 +45,7 @@ _LAZY = {
     "CollapseCurve": "collapse", "cka": "cka", "cka_matrix": "cka", "CKAMatrix": "cka",
     "GGNOperator": "hvp", "as_operator": "operators",
     "recompute_statistics": "batchnorm",
+    "faithfulness": "faithfulness", "Faithfulness": "faithfulness",
 }
 
 

@@ -16,6 +16,28 @@ Maps are upsampled bilinearly to the input size and divided by their per-image m
 are non-negative after the ReLU, so zero keeps meaning "no positive evidence"; an all-zero
 map stays zero instead of dividing by zero).
 
+**Which layer.** By default the last convolutional block's rectified output (see
+:func:`resolve_layer`); for a vision transformer (token outputs after the patch embedding) the
+input of the last block's attention (``blocks.11.norm1`` of the zoo's ``vit_tiny``, the layer
+pytorch-grad-cam recommends: after it only the class token reaches the head, so the patch tokens
+of later outputs have zero gradient). ``target_layer`` may name several layers (a list, or a
+pattern such as ``"blocks.*.norm1"`` matched against module names with :mod:`fnmatch`): every
+map then comes from the same single forward and backward pass, and the result is a dict of
+:class:`CAM` by layer name.
+
+**Token layers.** A layer output ``(N, T, D)`` is a sequence of tokens: the class token (and any
+other prefix tokens) is dropped and the patch tokens are laid out on their grid, whose aspect is
+the input's (:func:`tokens_to_grid`: 65 tokens of a 32x32 image are a class token and an 8x8
+grid). Other layouts (Swin's ``(N, h, w, C)``, register tokens) take ``reshape=``: a function
+``A -> (N, C, h, w)`` applied alike to the activations and to their gradients, as
+pytorch-grad-cam's ``reshape_transform``; it must only select and rearrange entries.
+
+**Outputs and precision.** The class score is read through the model's output adapter
+(:func:`landscape.objective.logits_of`; ``output=`` sets it, as everywhere), so models returning
+tuples, dicts or objects with ``.logits`` work. ``dtype=torch.bfloat16`` (or ``float16``) runs
+the forward passes under :func:`torch.autocast`; activations and gradients are combined in
+float32.
+
 The model is left exactly as it was: activations are captured by a forward hook removed in
 ``finally``; guided ReLUs are swapped in by a :class:`torch.overrides.TorchFunctionMode` that
 is active only during one forward pass (it catches ``nn.ReLU``, in-place or not, and the
@@ -27,6 +49,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
+import math
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -35,12 +59,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, as_checkpoint
 from .data import Dataset
-from .errors import ArgumentError, did_you_mean
+from .errors import ArgumentError, check_choice, check_scalar, did_you_mean
+from .objective import OutputSpec, logits_of
 from .results import Result
 
 METHODS = ("gradcam", "gradcam++", "guided-backprop", "guided-gradcam")
+DTYPES = {None: None, "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PREFIX_TOKENS = (1, 0, 2)  # class token (ViT), none, class + distillation token (DeiT): tried in this order
+Reshape = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclasses.dataclass(repr=False)  # keep Result's short summary instead of dumping arrays
@@ -107,19 +135,15 @@ class _Subject:
     input_shape: tuple | None
 
 
-def _subject(ck: Checkpoint | nn.Module) -> _Subject:
-    model = ck.model if isinstance(ck, Checkpoint) else ck
-    if not isinstance(model, nn.Module):
-        raise ArgumentError("gradcam needs a Checkpoint (ls.load_checkpoint) or an nn.Module, "
-                            f"got {type(ck).__name__}.")
-    param = next(model.parameters(), None)
+def _subject(ck: Any, output: OutputSpec = None) -> _Subject:
+    """What Grad-CAM needs, taken through :func:`~landscape.checkpoint.as_checkpoint` (``output=`` sets the adapter)."""
+    plain = isinstance(ck, nn.Module)
+    ck = as_checkpoint(ck, output=output)
+    param = next(ck.model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    if isinstance(ck, Checkpoint):
-        shape = ck.meta.get("input_shape")
-        return _Subject(model, ck.normalize, ck.device, dtype, ck.name, ck.digest, ck.meta.get("classes"),
-                        tuple(shape) if shape else None)
-    device = param.device if param is not None else torch.device("cpu")
-    return _Subject(model, lambda x: x, device, dtype, type(model).__name__, "", None, None)
+    shape = ck.meta.get("input_shape")
+    return _Subject(ck.model, ck.normalize, ck.device, dtype, type(ck.model).__name__ if plain else ck.name,
+                    ck.digest, ck.meta.get("classes"), tuple(shape) if shape else None)
 
 
 def _images(images: Dataset | np.ndarray | torch.Tensor,
@@ -147,14 +171,9 @@ def conv_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def _last_block_output(model: nn.Module, x: torch.Tensor) -> str | None:
-    """The module whose output is the last convolutional block's output (see :func:`resolve_layer`).
-
-    Among the modules a forward pass on ``x`` finishes after the last convolution, with an output of
-    that convolution's spatial size, the last one's output is the block's; the first module that
-    returned that very tensor (a ReLU rather than the ``Sequential`` around it) is the one named.
-    """
-    seen: list[tuple[str, torch.Tensor]] = []
+def _record(model: nn.Module, x: torch.Tensor) -> list[tuple[str, Any]]:
+    """``(name, output)`` of every named module, in the order a no-grad forward pass on ``x`` finishes them."""
+    seen: list[tuple[str, Any]] = []
     handles = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.append((name, out)))
                for name, m in model.named_modules() if name]
     try:
@@ -163,14 +182,77 @@ def _last_block_output(model: nn.Module, x: torch.Tensor) -> str | None:
     finally:
         for h in handles:
             h.remove()
+    return seen
+
+
+def token_grid(tokens: int, size: tuple[int, int]) -> tuple[int, int, int] | None:
+    """``(prefix, h, w)``: ``tokens`` as ``prefix`` leading tokens and an ``h x w`` grid of the input's aspect.
+
+    The prefixes of :data:`PREFIX_TOKENS` are tried in turn (a class token first); None if none fits.
+    """
+    height, width = size
+    for prefix in PREFIX_TOKENS:
+        patches = tokens - prefix
+        if patches < 1:
+            continue
+        h = round(math.sqrt(patches * height / width))
+        if h >= 1 and patches % h == 0 and h * width == (patches // h) * height:
+            return prefix, h, patches // h
+    return None
+
+
+def tokens_to_grid(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Token activations ``(N, T, D)`` as a feature map ``(N, D, h, w)``, prefix tokens dropped (:func:`token_grid`).
+
+    Raises
+    ------
+    ArgumentError
+        ``T`` is no grid of the input's aspect after 0, 1 or 2 prefix tokens.
+    """
+    grid = token_grid(tokens.shape[1], size)
+    if grid is None:
+        raise ArgumentError(f"the layer's {tokens.shape[1]} tokens are no grid of the {size[0]}x{size[1]} input's "
+                            "aspect after a class token (or none, or two); pass reshape=, a function "
+                            "A -> (N, C, h, w).")
+    prefix, h, w = grid
+    return tokens[:, prefix:].reshape(len(tokens), h, w, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+def _is_tokens(out: Any, size: tuple[int, int]) -> bool:
+    return isinstance(out, torch.Tensor) and out.dim() == 3 and token_grid(out.shape[1], size) is not None
+
+
+def _default_layer(model: nn.Module, x: torch.Tensor) -> str | None:
+    """The default layer's name (see :func:`resolve_layer`); None when no convolution runs."""
+    seen = _record(model, x[:1])
     convs = [i for i, (name, _) in enumerate(seen) if isinstance(model.get_submodule(name), nn.Conv2d)]
     if not convs:
         return None
-    size = seen[convs[-1]][1].shape[-2:]
+    size = tuple(x.shape[-2:])
+    later = seen[convs[-1] + 1:]
+    tokens = [(name, out) for name, out in later if _is_tokens(out, size)]
+    if tokens:
+        return _last_token_layer(model, x[:1], tokens, size)
+    conv_size = seen[convs[-1]][1].shape[-2:]
     after = [(name, out) for name, out in seen[convs[-1]:]
-             if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:] == size]
+             if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-2:] == conv_size]
     final = after[-1][1]
     return next(name for name, out in after if out is final)
+
+
+def _last_token_layer(model: nn.Module, x: torch.Tensor, tokens: list[tuple[str, torch.Tensor]],
+                      size: tuple[int, int]) -> str:
+    """The last token output of the model's width whose patch tokens reach the class score (nonzero gradient)."""
+    width = tokens[-1][1].shape[2]
+    names = list(dict.fromkeys(name for name, out in tokens if out.shape[2] == width))
+    layers = [model.get_submodule(name) for name in names]
+    _, acts, grads, _ = _layers_pass(model, layers, x, None, [None] * len(layers), None)
+    reaching = [name for name, g in zip(names, grads) if tokens_to_grid(g, size).abs().amax() > 0]
+    return reaching[-1] if reaching else names[-1]
+
+
+def _layer_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_modules() if name]
 
 
 def resolve_layer(model: nn.Module, target_layer: str | nn.Module | None, x: torch.Tensor) -> tuple[str, nn.Module]:
@@ -185,6 +267,10 @@ def resolve_layer(model: nn.Module, target_layer: str | nn.Module | None, x: tor
     convolution, maps differ by 0.08 on average (up to 1.0) and Grad-CAM++ gives all-zero maps for
     some digits; name that layer (``target_layer="body.conv3"``) to get it.
 
+    When token outputs ``(N, T, D)`` follow the last convolution (a vision transformer's patch
+    embedding), the default is the last module of the token width ``D`` whose patch tokens reach the
+    class score: ``blocks.11.norm1`` of ``vit_tiny``, the input of the last attention.
+
     Raises
     ------
     ArgumentError
@@ -198,7 +284,7 @@ def resolve_layer(model: nn.Module, target_layer: str | nn.Module | None, x: tor
             raise ArgumentError(f"{type(model).__name__} has no convolutional layer (nn.Conv2d), so Grad-CAM has no "
                                 "spatial feature map to explain; name a module whose output is (N, C, H, W) with "
                                 "target_layer (--layer on the CLI), or use method 'guided-backprop'.")
-        name = _last_block_output(model, x[:1]) or convs[-1]
+        name = _default_layer(model, x) or convs[-1]
         return name, modules[name]
     if isinstance(target_layer, nn.Module):
         for name, m in modules.items():
@@ -206,11 +292,50 @@ def resolve_layer(model: nn.Module, target_layer: str | nn.Module | None, x: tor
                 return name, m
         raise ArgumentError("target_layer is a module that is not part of the model; pass one of its layers "
                             f"or a name. Convolutional layers: {', '.join(convs) or 'none'}.")
-    if target_layer not in modules or target_layer == "":
+    if not isinstance(target_layer, str) or target_layer not in modules or target_layer == "":
         hint = did_you_mean(str(target_layer), convs) if convs else " The model has no convolutional layer."
         raise ArgumentError(f"the model has no layer named {target_layer!r}; name one of its convolutional "
                             f"layers.{hint}")
     return target_layer, modules[target_layer]
+
+
+def is_pattern(name: Any) -> bool:
+    """Whether a layer name is an :mod:`fnmatch` pattern (``*``, ``?`` or ``[``) rather than a name."""
+    return isinstance(name, str) and any(c in name for c in "*?[")
+
+
+def several_layers(target_layer: Any) -> bool:
+    """Whether ``target_layer`` asks for several layers (a list or tuple, or a pattern), so a dict of CAMs."""
+    return isinstance(target_layer, (list, tuple)) or is_pattern(target_layer)
+
+
+def resolve_layers(model: nn.Module, target_layer: Any, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """Every ``(name, module)`` that ``target_layer`` names: one layer, a list of them, or patterns.
+
+    A pattern (:func:`is_pattern`) selects every named module whose name matches it, in
+    registration order; a list may mix names, modules and patterns. Duplicates are dropped.
+
+    Raises
+    ------
+    ArgumentError
+        A pattern matches no module, a list is empty, or a name names no module.
+    """
+    items = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
+    if not items:
+        raise ArgumentError("target_layer is an empty list; name at least one layer, or None for the default.")
+    found: dict[str, nn.Module] = {}
+    names = _layer_names(model)
+    for item in items:
+        if is_pattern(item):
+            matched = [n for n in names if fnmatch.fnmatchcase(n, item)]
+            if not matched:
+                raise ArgumentError(f"the layer pattern {item!r} matches no module of {type(model).__name__}; "
+                                    f"its modules are named like {', '.join(names[:8])}, ...")
+            found.update((n, model.get_submodule(n)) for n in matched)
+        else:
+            name, module = resolve_layer(model, item, x)
+            found[name] = module
+    return list(found.items())
 
 
 # -- the three passes ---------------------------------------------------------------------------
@@ -255,30 +380,64 @@ def _class_score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, target[:, None]).sum()
 
 
-def _layer_pass(model, layer, x, target):
-    """Forward once, capturing the layer output; return ``(logits, A, dS/dA, target)``."""
-    captured = {}
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast of the forward passes to ``dtype`` (a no-op for None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
-    def hook(module, inputs, output):
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ArgumentError(f"the target layer's output is {shape}, not a (N, C, H, W) feature map; "
-                                "choose a convolutional layer.")
-        captured["A"] = output
-        # Later in-place ops (ReLU(inplace=True)) then modify the clone, never the captured map.
-        return output.clone()
 
-    handle = layer.register_forward_hook(hook)
+def _layers_pass(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, target: np.ndarray | None,
+                 reshapes: list[Reshape | None], dtype: torch.dtype | None):
+    """One forward and one backward pass capturing every layer.
+
+    Returns ``(logits, A, dS/dA, target)`` with one activation and one gradient per layer, as the
+    layer gave them (tokens stay tokens); a layer the class score does not depend on gets zeros.
+    """
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(index: int):
+        def capture(module, inputs, output):
+            if not isinstance(output, torch.Tensor) or (output.dim() not in (3, 4) and reshapes[index] is None):
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise ArgumentError(f"the target layer's output is {shape}, not a (N, C, H, W) feature map or "
+                                    "(N, tokens, D) token sequence; choose a convolutional or transformer layer, or "
+                                    "pass reshape=.")
+            captured[index] = output
+            # Later in-place ops (ReLU(inplace=True)) then modify the clone, never the captured map.
+            return output.clone()
+        return capture
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         with torch.enable_grad():
-            logits = model(x)
-            if "A" not in captured:
+            with _autocast(x.device, dtype):
+                logits = logits_of(model, x)
+            missing = [i for i in range(len(layers)) if i not in captured]
+            if missing:
                 raise ArgumentError("the target layer did not run in the forward pass; choose a layer the model uses.")
             target = _targets(target, logits)
-            (grads,) = torch.autograd.grad(_class_score(logits, target), captured["A"])
+            acts = [captured[i] for i in range(len(layers))]
+            grads = torch.autograd.grad(_class_score(logits.float(), target), acts, allow_unused=True)
     finally:
-        handle.remove()
-    return logits.detach(), captured["A"].detach(), grads, target
+        for h in handles:
+            h.remove()
+    grads = [torch.zeros_like(a) if g is None else g for a, g in zip(acts, grads)]
+    if dtype is not None:  # combine autocast's half-precision activations and gradients in float32
+        acts, grads = [a.float() for a in acts], [g.float() for g in grads]
+    return logits.detach(), [a.detach() for a in acts], grads, target
+
+
+def _as_map(tensor: torch.Tensor, reshape: Reshape | None, size: tuple[int, int]) -> torch.Tensor:
+    """A captured activation or gradient as ``(N, C, h, w)``: through ``reshape``, or tokens laid on their grid."""
+    if reshape is not None:
+        out = reshape(tensor)
+        if not isinstance(out, torch.Tensor) or out.dim() != 4 or len(out) != len(tensor):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ArgumentError(f"reshape= returned {got} for a layer output of shape {tuple(tensor.shape)}; it must "
+                                "return a (N, C, h, w) tensor with the same N.")
+        return out
+    return tokens_to_grid(tensor, size) if tensor.dim() == 3 else tensor
 
 
 def _gradcam_weights(A: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -331,13 +490,14 @@ class _GuidedReLUMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                    dtype: torch.dtype | None = None) -> torch.Tensor:
     """Guided-backpropagation gradient of the class scores with respect to the (normalised) input ``x``."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        with _GuidedReLUMode():
-            logits = model(x)
-        (grad,) = torch.autograd.grad(_class_score(logits, target), x)
+        with _GuidedReLUMode(), _autocast(x.device, dtype):
+            logits = logits_of(model, x)
+        (grad,) = torch.autograd.grad(_class_score(logits.float(), target), x)
     return grad
 
 
@@ -353,100 +513,146 @@ def scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
 
 # -- the public function --------------------------------------------------------------------------
 def gradcam(ck: Checkpoint | nn.Module, images: Dataset | np.ndarray | torch.Tensor,
-            target_layer: str | nn.Module | None = None, method: str = "gradcam",
+            target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None, method: str = "gradcam",
             target: int | Sequence[int] | np.ndarray | torch.Tensor | None = None,
-            batch_size: int = 256) -> CAM:
+            batch_size: int = 256, *, reshape: Reshape | None = None, output: OutputSpec = None,
+            dtype: torch.dtype | str | None = None) -> CAM | dict[str, CAM]:
     """Class-activation maps of ``images`` under a checkpoint's model.
 
     Parameters
     ----------
-    ck : Checkpoint or nn.Module
-        A loaded checkpoint (its input normalisation is applied) or a plain module (images are
-        fed as given). Everything runs on the model's device.
+    ck : Checkpoint, path or nn.Module
+        A loaded checkpoint (its input normalisation is applied), a checkpoint file, or a plain
+        module (images are fed as given); taken through :func:`~landscape.checkpoint.as_checkpoint`.
+        Everything runs on the model's device.
     images : Dataset, np.ndarray or torch.Tensor
         Raw images ``(N, C, H, W)`` in [0, 1] (a :class:`~landscape.Dataset` also gives labels).
-    target_layer : str or nn.Module, optional
-        The layer whose activations are explained, by name (``"body.conv3"``) or as a module;
-        by default the last convolutional layer the forward pass runs.
+    target_layer : str, nn.Module, list of them, or None
+        The layer whose activations are explained, by name (``"body.conv3"``) or as a module; by
+        default the last convolutional block's rectified output, or for a transformer the input of
+        its last attention (see :func:`resolve_layer`). A list, or a pattern such as
+        ``"body.relu*"`` or ``"blocks.*.norm1"`` (:mod:`fnmatch`), explains several layers in one
+        forward and backward pass and returns a dict of CAMs by layer name.
     method : {"gradcam", "gradcam++", "guided-backprop", "guided-gradcam"}
         What to compute (see the module docstring).
     target : int, sequence of int or None
         Class to explain: one for all images, one per image, or None for the predicted class.
     batch_size : int
         Images per forward/backward pass (bounds memory).
+    reshape : callable, optional
+        ``A -> (N, C, h, w)`` for layers whose output is neither a feature map nor ViT-style tokens
+        (applied to activations and gradients alike; only select and rearrange entries). By default
+        tokens ``(N, T, D)`` lose their class token and are laid on their grid (:func:`tokens_to_grid`).
+    output : int, str or callable, optional
+        The output adapter of a model returning a tuple, dict or object with ``.logits`` (see
+        :mod:`landscape.objective`; set on the model, as by :func:`~landscape.checkpoint.as_checkpoint`).
+    dtype : torch.dtype or str, optional
+        ``torch.bfloat16`` or ``torch.float16``: run the forward passes under autocast (maps are
+        combined in float32). None (or ``"float32"``): the model's own dtype.
 
     Returns
     -------
-    CAM
-        ``maps`` in [0, 1], ``guided`` for the guided methods, predictions and confidences.
+    CAM or dict of str to CAM
+        ``maps`` in [0, 1], ``guided`` for the guided methods, predictions and confidences; a dict
+        by layer name when ``target_layer`` is a list or a pattern.
 
     Raises
     ------
     ArgumentError
-        Unknown method or layer, a model without convolutional layer, bad image shape or target.
+        Unknown method, layer or dtype, a model without convolutional layer, bad image shape or target.
     """
-    if method not in METHODS:
-        raise ArgumentError(f"unknown Grad-CAM method {method!r}.{did_you_mean(method, METHODS)}")
-    if batch_size < 1:
-        raise ArgumentError(f"batch_size must be at least 1, got {batch_size}.")
+    check_choice(method, "method", METHODS)
+    batch_size = check_scalar(batch_size, "batch_size", int, min=1)
+    if reshape is not None and not callable(reshape):
+        raise ArgumentError(f"reshape must be a function A -> (N, C, h, w), got {type(reshape).__name__}.")
+    autocast = _autocast_dtype(dtype)
     with torch.inference_mode(False):  # gradients are needed even when the caller is in inference mode
-        return _gradcam(_subject(ck), images, target_layer, method, target, batch_size)
+        cams = _gradcam(_subject(ck, output), images, target_layer, method, target, batch_size, reshape, autocast)
+    return cams if several_layers(target_layer) else next(iter(cams.values()))
 
 
-def _gradcam(subject: _Subject, images: Dataset | np.ndarray | torch.Tensor, target_layer: str | nn.Module | None,
-             method: str, target: Any, batch_size: int) -> CAM:
+def _autocast_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """The autocast dtype asked for (None: no autocast)."""
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    return DTYPES[check_choice(dtype, "dtype", [k for k in DTYPES if k]) if dtype is not None else None]
+
+
+def _gradcam(subject: _Subject, images: Dataset | np.ndarray | torch.Tensor, target_layer: Any, method: str,
+             target: Any, batch_size: int, reshape: Reshape | None, dtype: torch.dtype | None) -> dict[str, CAM]:
     raw_images, labels, data_name = _images(images, subject)
     x_all = subject.normalize(raw_images)
     targets = _target_array(target, len(x_all))
-    parts: dict[str, list[torch.Tensor]] = {}
+    names: list[str | None] = [None]
+    parts: list[dict[str, list[torch.Tensor]]] = [{}]
     with _eval_mode(subject.model):
-        layer_name, layer = None, None
+        layers: list[nn.Module] = []
         if method != "guided-backprop":
-            layer_name, layer = resolve_layer(subject.model, target_layer, x_all)
+            resolved = resolve_layers(subject.model, target_layer, x_all)
+            names, layers = [n for n, _ in resolved], [m for _, m in resolved]
+            parts = [{} for _ in names]
         for start in range(0, len(x_all), batch_size):
             x = x_all[start:start + batch_size]
             t = None if targets is None else targets[start:start + batch_size]
-            for key, value in _explain(subject.model, layer, x, method, t).items():
-                parts.setdefault(key, []).append(value.detach().cpu())
-    out = {k: torch.cat(v).numpy() for k, v in parts.items()}
-    meta = {"method": method, "layer": layer_name, "layer_shape": list(out["raw"].shape[1:]) if "raw" in out else None,
-            "checkpoint": subject.name, "digest": subject.digest, "data": data_name, "n": int(len(x_all)),
-            "interpolation": "bilinear", "scaling": "per-image maximum", "device": str(subject.device)}
-    num_classes = out["probs"].shape[1]
+            for part, arrays in zip(parts, _explain(subject.model, layers, x, method, t, reshape, dtype)):
+                for key, value in arrays.items():
+                    part.setdefault(key, []).append(value.detach().cpu())
+    num_classes = int(torch.cat(parts[0]["probs"]).shape[1])
     classes = list(subject.classes) if subject.classes else [str(i) for i in range(num_classes)]
     if isinstance(images, Dataset):
         classes = list(images.classes)
-    return CAM(images=raw_images.float().cpu().numpy(), maps=out["maps"].astype(np.float32), guided=out.get("guided"),
-               raw=out.get("raw"), pred=out["pred"], target=out["target"],
-               confidence=out["probs"][np.arange(len(out["pred"])), out["pred"]].astype(np.float32),
-               labels=labels, classes=classes, meta=meta)
+    cams = {}
+    for name, part in zip(names, parts):
+        out = {k: torch.cat(v).numpy() for k, v in part.items()}
+        meta = {"method": method, "layer": name, "layer_shape": list(out["raw"].shape[1:]) if "raw" in out else None,
+                "checkpoint": subject.name, "digest": subject.digest, "data": data_name, "n": int(len(x_all)),
+                "interpolation": "bilinear", "scaling": "per-image maximum", "device": str(subject.device),
+                "dtype": str(dtype or subject.dtype).removeprefix("torch."),
+                "reshape": _reshape_name(reshape, bool(out["tokens"][0]) if "tokens" in out else False)}
+        cams[name] = CAM(images=raw_images.float().cpu().numpy(), maps=out["maps"].astype(np.float32),
+                         guided=out.get("guided"), raw=out.get("raw"), pred=out["pred"], target=out["target"],
+                         confidence=out["probs"][np.arange(len(out["pred"])), out["pred"]].astype(np.float32),
+                         labels=labels, classes=classes, meta=meta)
+    return cams
 
 
-def _explain(model: nn.Module, layer: nn.Module | None, x: torch.Tensor, method: str,
-             target: np.ndarray | None) -> dict[str, torch.Tensor]:
-    """The arrays of one batch: maps, raw, guided, pred, target, probs."""
-    result: dict[str, torch.Tensor] = {}
-    if layer is not None:
-        logits, A, grads, target = _layer_pass(model, layer, x, target)
-        weights = (_gradcampp_weights if method == "gradcam++" else _gradcam_weights)(A, grads)
-        raw = _weighted_map(A, weights)
-        result["raw"] = raw
-        result["maps"] = scale_to_unit(_upsample(raw, tuple(x.shape[2:])))
+def _reshape_name(reshape: Reshape | None, tokens: bool) -> str | None:
+    """How the layer's output became a feature map, for the meta."""
+    if reshape is not None:
+        return "custom"
+    return "tokens to grid" if tokens else None
+
+
+def _explain(model: nn.Module, layers: list[nn.Module], x: torch.Tensor, method: str, target: np.ndarray | None,
+             reshape: Reshape | None, dtype: torch.dtype | None) -> list[dict[str, torch.Tensor]]:
+    """The arrays of one batch, one dict per layer (one for guided backprop): maps, raw, guided, pred, target, probs."""
+    size = tuple(x.shape[2:])
+    if layers:
+        logits, acts, grads, target = _layers_pass(model, layers, x, target, [reshape] * len(layers), dtype)
+        results = []
+        for A, g in zip(acts, grads):
+            tokens = reshape is not None or A.dim() == 3
+            A, g = _as_map(A, reshape, size), _as_map(g, reshape, size)
+            weights = (_gradcampp_weights if method == "gradcam++" else _gradcam_weights)(A, g)
+            raw = _weighted_map(A, weights)
+            results.append({"raw": raw, "maps": scale_to_unit(_upsample(raw, size)),
+                            "tokens": torch.full((len(x),), tokens)})
     else:
-        with torch.no_grad():
-            logits = model(x)
+        with torch.no_grad(), _autocast(x.device, dtype):
+            logits = logits_of(model, x)
         target = _targets(target, logits)
+        results = [{}]
+    shared = {"pred": logits.argmax(1), "target": target, "probs": torch.softmax(logits.float(), dim=1)}
     if method in ("guided-backprop", "guided-gradcam"):
-        guided = guided_backprop(model, x, target)
-        if method == "guided-gradcam":
-            guided = guided * result["maps"][:, None]
-        else:
-            result["maps"] = scale_to_unit(guided.abs().amax(1))
-        result["guided"] = guided
-    result["pred"] = logits.argmax(1)
-    result["target"] = target
-    result["probs"] = torch.softmax(logits.float(), dim=1)
-    return result
+        guided = guided_backprop(model, x, target, dtype)
+        for result in results:
+            if method == "guided-gradcam":
+                result["guided"] = guided * result["maps"][:, None]
+            else:
+                result["maps"] = scale_to_unit(guided.abs().amax(1))
+                result["guided"] = guided
+    return [{**result, **shared} for result in results]
 
 
-__all__ = ["CAM", "gradcam", "guided_backprop", "conv_layers", "resolve_layer", "scale_to_unit", "METHODS"]
+__all__ = ["CAM", "gradcam", "guided_backprop", "conv_layers", "resolve_layer", "resolve_layers", "scale_to_unit",
+           "tokens_to_grid", "token_grid", "METHODS"]

@@ -153,3 +153,65 @@ def test_cli_user_mistakes_exit_2_with_one_line(zoo_path, tmp_path, capsys, argv
 def test_cli_model_without_convolution(zoo_path, tmp_path, capsys):
     code = main(["gradcam", str(zoo_path("mlp-ce")), "--device", "cpu", "--out", str(tmp_path)])
     assert code == 2 and "no convolutional layer" in capsys.readouterr().err
+
+
+# -- faithfulness figure, table and CLI -------------------------------------------------------------
+def _faith_results():
+    from landscape.faithfulness import Faithfulness
+
+    rng = np.random.default_rng(0)
+    out = []
+    for ck in ("ce", "mam"):
+        for method in ("gradcam", "guided-gradcam"):
+            for metric in ("deletion", "road"):
+                k = 5 if metric == "deletion" else 3
+                out.append(Faithfulness(
+                    x=np.linspace(0, 1, k), curves=rng.random((4, k)), random=rng.random((4, k)),
+                    curves_lerf=rng.random((4, k)) if metric == "road" else None,
+                    random_lerf=rng.random((4, k)) if metric == "road" else None,
+                    scores=rng.random(4), random_scores=rng.random(4), original=np.ones(4), target=np.zeros(4, int),
+                    metric=metric, higher_is_better=metric != "deletion",
+                    meta={"checkpoint": ck, "method": method, "seed": 0}))
+    return out
+
+
+def test_faithfulness_plot_draws_the_result_values():
+    from viz.gradcam import faithfulness_plot
+
+    results = _faith_results()
+    plot = faithfulness_plot(results)
+    fa = results[0]
+    np.testing.assert_allclose(plot.values["ce Grad-CAM/deletion/curve"], fa.curves.mean(0))
+    assert plot.values["ce Grad-CAM/deletion/score"] == fa.score
+    road = [r for r in results if r.metric == "road" and r.meta["checkpoint"] == "mam"][0]
+    assert plot.values["mam/road/random/score"] == road.baseline
+    np.testing.assert_allclose(plot.values["mam Guided Grad-CAM/road/lerf"],
+                               results[-1].curves_lerf.mean(0))
+    bars = plot.fig.axes[2].patches  # bottom-left: the deletion bars
+    heights = [b.get_height() for b in bars]
+    assert heights == pytest.approx([results[0].score, results[2].score, results[0].baseline,
+                                     results[4].score, results[6].score, results[4].baseline])
+    plot.close()
+
+
+def test_faithfulness_table_lists_every_result_and_its_baseline():
+    from viz.gradcam import faithfulness_table
+
+    results = _faith_results()
+    lines = faithfulness_table(results).splitlines()
+    assert len(lines) == 2 + len(results)
+    assert f"{results[1].score:.4f}" in lines[3] and f"{results[1].baseline:.4f}" in lines[3]
+    assert "lower" in lines[2] and "higher" in lines[3]
+    with pytest.raises(ArgumentError):
+        faithfulness_table([])
+
+
+def test_cli_metrics_prints_the_table(zoo_path, tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["gradcam", str(zoo_path("cnn-ce")), "--images", "4", "--metrics", "deletion",
+                 "--metric-methods", "gradcam", "--out", str(out), "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "cnn-ce" in text and "deletion" in text and "random map" in text
+    values = json.loads((out / "faithfulness.json").read_text())["values"]
+    assert "cnn-ce Grad-CAM/deletion/score" in values

@@ -25,6 +25,7 @@ _NAMES = {
     **dict.fromkeys(("phenotype_curves", "phenotype_surface", "phenotype_difference"), "phenotype"),
     **dict.fromkeys(("gradcam_grid", "gradcam_compare"), "gradcam"),
     **dict.fromkeys(("collapse_curves", "collapse_table", "cka_heatmap"), "geometry"),
+    **dict.fromkeys(("faithfulness_plot", "faithfulness_table", "faithfulness_rows"), "gradcam"),
     **dict.fromkeys(("build_report", "load_spec", "KINDS"), "report"),
 }
 

@@ -4,6 +4,8 @@
   titled with the predicted class and its confidence.
 * :func:`gradcam_compare`: the same images under several checkpoints (e.g. CE beside
   MAM-SoftMax), one row of heat maps per checkpoint.
+* :func:`faithfulness_plot` and :func:`faithfulness_table`: how faithful the maps are (deletion,
+  insertion, ROAD), per method and per checkpoint, beside the random-map baseline.
 
 Digits are 8x8, so images and maps are drawn with nearest interpolation (every computed
 pixel stays visible) on large panels. Only display scaling happens here: guided gradients
@@ -11,11 +13,12 @@ are shown on a symmetric colour scale set by each image's largest absolute value
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from landscape.errors import ArgumentError
+from landscape.faithfulness import METRICS, Faithfulness
 from landscape.gradcam import CAM
 
 from .figure import Plot
@@ -233,4 +236,127 @@ def gradcam_compare(cams: Mapping[str, CAM], max_images: int = 8, alpha: float =
     return Plot(fig, values, caption, kind="gradcam_compare")
 
 
-__all__ = ["gradcam_grid", "gradcam_compare"]
+# -- faithfulness -----------------------------------------------------------------------------------
+_METRIC_NAMES = {"deletion": "deletion AUC (lower is better)", "insertion": "insertion AUC (higher is better)",
+                 "road": "ROAD (lerf - morf) / 2 (higher is better)"}
+
+
+_MAP_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "guided-gradcam": "Guided Grad-CAM",
+              "guided-backprop": "guided backprop"}
+
+
+def _label(fa: Faithfulness) -> str:
+    return f"{fa.meta.get('checkpoint', '')} {_MAP_NAMES.get(fa.meta.get('method'), fa.meta.get('method'))}"
+
+
+def _check_results(results: Sequence[Faithfulness]) -> list[Faithfulness]:
+    results = list(results)
+    if not results or not all(isinstance(r, Faithfulness) for r in results):
+        raise ArgumentError("expected a non-empty list of Faithfulness results (from ls.faithfulness).")
+    return results
+
+
+def faithfulness_rows(results: Sequence[Faithfulness]) -> list[dict]:
+    """One row per result: checkpoint, method, metric, score and random baseline with standard errors, n."""
+    return [{"checkpoint": fa.meta.get("checkpoint"), "method": fa.meta.get("method"), "metric": fa.metric,
+             "score": fa.score, "se": fa.standard_error(), "random": fa.baseline,
+             "random_se": fa.standard_error(random=True), "better": "higher" if fa.higher_is_better else "lower",
+             "n": len(fa)} for fa in _check_results(results)]
+
+
+def faithfulness_table(results: Sequence[Faithfulness]) -> str:
+    """A plain-text table of :func:`faithfulness_rows` (``landscape gradcam --metrics`` prints it)."""
+    rows = faithfulness_rows(results)
+    header = ("checkpoint", "method", "metric", "score", "random map", "better", "n")
+    lines = [[str(r["checkpoint"]), str(r["method"]), r["metric"], f"{r['score']:.4f} +- {r['se']:.4f}",
+              f"{r['random']:.4f} +- {r['random_se']:.4f}", r["better"], str(r["n"])] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] +
+                      [fmt.format(*line) for line in lines])
+
+
+def faithfulness_plot(results: Sequence[Faithfulness], title: str | None = None, panel: float = 3.6) -> Plot:
+    """Faithfulness per method and checkpoint: mean curves (top) and mean scores with the random baseline (bottom).
+
+    One column per metric present. Curves are the mean probability of the explained class over the
+    images (ROAD: MoRF solid, LeRF dotted); the random-map curve of each checkpoint is dashed grey.
+    Bars give the mean score with its standard error; the hatched bar beside each checkpoint's
+    group is the random-map baseline.
+
+    Returns
+    -------
+    Plot
+        ``values``: per ``<label>/<metric>`` the ``x``, ``curve`` (and ``lerf``), ``score`` and
+        ``se``, and per ``<checkpoint>/<metric>/random`` the random-map ``curve`` and ``score``.
+    """
+    import matplotlib.pyplot as plt
+
+    results = _check_results(results)
+    metrics = [m for m in METRICS if any(fa.metric == m for fa in results)]
+    fig, axes = plt.subplots(2, len(metrics), figsize=(panel * len(metrics) + 0.6, 2 * panel), squeeze=False)
+    values: dict = {}
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = list(dict.fromkeys(_label(fa) for fa in results))
+    for col, metric in enumerate(metrics):
+        chosen = [fa for fa in results if fa.metric == metric]
+        _faithfulness_curves(axes[0, col], chosen, metric, labels, colours, values)
+        _faithfulness_bars(axes[1, col], chosen, metric, labels, colours, values)
+    fig.suptitle(title or "Faithfulness of the maps against random maps", fontsize=12)
+    fig.tight_layout()
+    n = sorted({len(fa) for fa in results})
+    caption = (f"{', '.join(metrics)} of {len(labels)} map methods/checkpoints on {'/'.join(map(str, n))} images "
+               f"(seed {results[0].meta.get('seed')}); random-map baseline hatched/dashed; bars: mean +- standard "
+               "error.")
+    return Plot(fig, values, caption, kind="faithfulness")
+
+
+def _faithfulness_curves(ax, chosen, metric, labels, colours, values) -> None:
+    randoms: dict[str, Faithfulness] = {}
+    for fa in chosen:
+        label = _label(fa)
+        colour = colours[labels.index(label) % len(colours)]
+        ax.plot(fa.x, fa.curves.mean(0), color=colour, label=label + (" MoRF" if metric == "road" else ""))
+        entry = {"x": fa.x, "curve": fa.curves.mean(0), "score": fa.score, "se": fa.standard_error()}
+        if metric == "road":
+            ax.plot(fa.x, fa.curves_lerf.mean(0), color=colour, linestyle=":", label=label + " LeRF")
+            entry["lerf"] = fa.curves_lerf.mean(0)
+        values.update({f"{label}/{metric}/{k}": v for k, v in entry.items()})
+        randoms.setdefault(str(fa.meta.get("checkpoint")), fa)
+    for name, fa in randoms.items():
+        ax.plot(fa.x, fa.random.mean(0), color="grey", linestyle="--", label=f"{name} random")
+        values[f"{name}/{metric}/random/curve"] = fa.random.mean(0)
+    ax.set_xlabel({"deletion": "fraction of pixels removed", "insertion": "fraction of pixels restored",
+                   "road": "fraction of pixels imputed"}[metric])
+    ax.set_ylabel("probability of the explained class")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(metric)
+    ax.legend(fontsize=6)
+
+
+def _faithfulness_bars(ax, chosen, metric, labels, colours, values) -> None:
+    position, ticks, names = 0.0, [], []
+    by_checkpoint: dict[str, list[Faithfulness]] = {}
+    for fa in chosen:
+        by_checkpoint.setdefault(str(fa.meta.get("checkpoint")), []).append(fa)
+    for name, group in by_checkpoint.items():
+        for fa in group:
+            colour = colours[labels.index(_label(fa)) % len(colours)]
+            ax.bar(position, fa.score, yerr=fa.standard_error(), color=colour, capsize=3)
+            ticks.append(position)
+            names.append(_label(fa))
+            position += 1
+        random = group[0]
+        ax.bar(position, random.baseline, yerr=random.standard_error(random=True), color="white", edgecolor="grey",
+               hatch="//", capsize=3)
+        values[f"{name}/{metric}/random/score"] = random.baseline
+        ticks.append(position)
+        names.append(f"{name} random")
+        position += 1.6
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(_METRIC_NAMES[metric], fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.5)
+
+
+__all__ = ["gradcam_grid", "gradcam_compare", "faithfulness_plot", "faithfulness_table", "faithfulness_rows"]

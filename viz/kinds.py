@@ -11,19 +11,19 @@ options it declares), and a ``compute(ctx, fig) -> {key: Result}`` / ``draw(resu
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
 import landscape as ls
-from pathlib import Path
-
 from landscape.cka import KERNELS as CKA_KERNELS
 from landscape.embedding import PROJECTIONS
+from landscape.faithfulness import METRICS
 from landscape.gradcam import METHODS
 from landscape.hessian import DIRECTION_SCALES
 
 from .embedding import embedding_grid, hypersphere_grid, stats_table
-from .gradcam import gradcam_compare, gradcam_grid
+from .gradcam import faithfulness_plot, gradcam_compare, gradcam_grid
 from .hessian import eigen_ratio, spectral_density
 from .phenotype import phenotype_curves, phenotype_difference, phenotype_surface
 from .report import (ITERATIVE, Context, Figure, Option, Step, choice, flag, folder, folders, integer, interval,
@@ -508,3 +508,41 @@ kind("cka", "Layer-by-layer CKA similarity (Kornblith et al. 2019) of two checkp
       "subset": SUBSET,
       "annotate": Option(None, "bool", optional=True, style=True, help="write the values in the cells")},
      [Step("cka", {k: k for k in _CKA_OPTIONS}, per=None)], max_models=2)((_cka_compute, _cka_draw))
+
+
+# -- faithfulness of the maps ------------------------------------------------------------------
+FAITHFULNESS_METHODS = ("gradcam", "gradcam++", "guided-gradcam")  # Grad-CAM, Grad-CAM++ and the guided map
+FAITHFULNESS_OPTIONS = {"images": "images", "steps": "steps"}
+
+
+def _faith_step(method: str, metric: str) -> str:
+    return f"faithfulness-{method.replace('+', 'p')}-{metric}"
+
+
+def _faith_compute(ctx, fig):
+    def compute(ck, method, metric):
+        def run(p):
+            images = ctx.data(fig).subset(p["images"], seed=ctx.seed)
+            cam = ls.gradcam(ck, images, method=method)
+            return ls.faithfulness(ck, cam, metric=metric, steps=p["steps"], seed=ctx.seed, verbose=ctx.verbose)
+        return run
+
+    return {f"{m}/{method}/{metric}": ctx.cached(fig, _faith_step(method, metric), m,
+                                                 compute(ctx.checkpoint(m), method, metric))
+            for m in fig.models for method in FAITHFULNESS_METHODS for metric in METRICS}
+
+
+def _faith_draw(results, fig):
+    return {"": faithfulness_plot(list(results.values()))}
+
+
+def _faith_steps():
+    return [Step(_faith_step(method, metric), FAITHFULNESS_OPTIONS) for method in FAITHFULNESS_METHODS
+            for metric in METRICS]
+
+
+kind("faithfulness", "Faithfulness of Grad-CAM, Grad-CAM++ and Guided Grad-CAM maps (deletion, insertion, ROAD) "
+     "per checkpoint, beside random maps",
+     {"images": integer(32, 2, 512, help="test images scored"),
+      "steps": integer(None, 1, optional=True, help="deletion/insertion steps (default: one per pixel, at most 100)")},
+     _faith_steps(), tolerance={"rtol": 1e-3, "atol": 1e-4})((_faith_compute, _faith_draw))

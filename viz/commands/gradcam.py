@@ -3,6 +3,10 @@
 For each checkpoint: ``gradcam-<name>.png`` (image, heat map, Guided Grad-CAM per image),
 its plotted values ``gradcam-<name>.json`` and the maps ``gradcam-<name>.npz`` (``ls.CAM.load``).
 With two or more checkpoints also ``gradcam-compare.png/.json``: the same images under each.
+With ``--metrics [deletion insertion road]`` the maps of ``--metric-methods`` (default Grad-CAM,
+Grad-CAM++ and Guided Grad-CAM) are scored on the same images (see ``landscape.faithfulness``):
+the table (score and random-map baseline per checkpoint and method) is printed and drawn into
+``faithfulness.png/.json``.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 
 import landscape as ls
 from landscape.errors import ArgumentError
+from landscape.faithfulness import METRICS, faithfulness
 from landscape.gradcam import METHODS, gradcam
 from viz.cli import add_common, check_outputs, data_spec, input_files, int_arg, load_checkpoint, stamp_threads
 
@@ -21,7 +26,9 @@ EPILOG = """examples:
   landscape gradcam trained_models/cnn-ce.safetensors --indices 0 5 17 --method gradcam++
   landscape gradcam trained_models/cnn-ce.safetensors trained_models/cnn-mam-softmax.safetensors --images 6
   landscape gradcam trained_models/resnet-ce.safetensors --layer stages.2.conv2 --target 3
+  landscape gradcam trained_models/cnn-ce.safetensors trained_models/cnn-mam-softmax.safetensors --images 32 --metrics
 """
+METRIC_METHODS = ("gradcam", "gradcam++", "guided-gradcam")
 
 
 def register(sub) -> None:
@@ -42,6 +49,10 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset spec (default: the one in the checkpoint's meta)")
     p.add_argument("--split", default="test", choices=ls.data.SPLITS)
     p.add_argument("--arch", help="architecture, for a bare state_dict without meta")
+    p.add_argument("--metrics", nargs="*", choices=METRICS, metavar="METRIC",
+                   help=f"score the maps' faithfulness ({', '.join(METRICS)}; default all three) and print the table")
+    p.add_argument("--metric-methods", nargs="+", choices=METHODS, default=list(METRIC_METHODS), metavar="M",
+                   help="map methods scored by --metrics (default: gradcam gradcam++ guided-gradcam)")
     add_common(p, out="runs/gradcam")
     p.set_defaults(func=run)
 
@@ -72,7 +83,7 @@ def run(args) -> int:
     if len(set(names)) != len(names):
         names = [f"{i + 1}:{name}" for i, name in enumerate(names)]  # two files with the same stem
     stems = {name: f"gradcam-{name.replace(':', '-')}" for name in names}
-    check_outputs(out, [*stems.values(), "gradcam-compare"], input_files(args))
+    check_outputs(out, [*stems.values(), "gradcam-compare", "faithfulness"], input_files(args))
     spec = data_spec(args, checkpoints[0])
     images, indices = select(ls.load_dataset(spec, split=args.split), args.images, args.indices, args.seed)
     cams = {}
@@ -88,7 +99,28 @@ def run(args) -> int:
         written = _save(gradcam_compare(cams, max_images=len(images), guided=guided), out / "gradcam-compare")
         if not args.quiet:
             print(f"compare   {' vs '.join(cams)}: {', '.join(map(str, written))}")
+    if args.metrics is not None:
+        _metrics(args, dict(zip(names, checkpoints)), images, out)
     return 0
+
+
+def _metrics(args, checkpoints: dict, images: ls.Dataset, out: Path) -> None:
+    """Faithfulness of each checkpoint's maps by each method: print the table, draw the figure."""
+    from viz.gradcam import faithfulness_plot, faithfulness_table
+
+    metrics = args.metrics or list(METRICS)
+    results = []
+    for name, ck in checkpoints.items():
+        for method in dict.fromkeys(args.metric_methods):
+            cam = gradcam(ck, images, target_layer=args.layer, method=method, target=args.target)
+            for metric in metrics:
+                fa = faithfulness(ck, cam, metric=metric, seed=args.seed, verbose=not args.quiet)
+                fa.meta["checkpoint"] = name
+                results.append(stamp_threads(fa))
+    written = _save(faithfulness_plot(results), out / "faithfulness")
+    print(faithfulness_table(results))
+    if not args.quiet:
+        print(f"  wrote {', '.join(map(str, written))}")
 
 
 def _save(plot, stem: Path) -> list[Path]:
