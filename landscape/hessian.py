@@ -677,6 +677,17 @@ def lanczos_extremes(A, data=None, *, criterion=None, subset: int | None = None,
     -------
     Extremes
         ``(lam_min, lam_max)`` with ``converged``, ``residuals``, ``hvps``, ``vectors``.
+
+    Examples
+    --------
+    The extremes of a symmetric matrix (any operator works the same way; a checkpoint and its data
+    give its Hessian):
+
+    >>> import torch
+    >>> from landscape.hessian import lanczos_extremes
+    >>> ex = lanczos_extremes(torch.diag(torch.tensor([-1.0, 0.5, 2.0, 4.0], dtype=torch.float64)), tol=1e-8)
+    >>> round(ex.lam_min, 6), round(ex.lam_max, 6), ex.converged
+    (-1.0, 4.0, True)
     """
     op = as_operator(A, data, criterion=criterion, subset=subset, seed=seed, params=params, dtype=dtype,
                      batch_size=batch_size)

@@ -200,6 +200,19 @@ def assert_plotted_values(result_or_figure: Any, golden: str | os.PathLike | Map
         either side below the top level, a list of another length, a number where the golden
         record has a string. Names plotted at the top level but absent from the golden record
         are ignored, so a golden file may pin a subset of a figure's values.
+
+    Examples
+    --------
+    Numbers compare with the tolerance at any depth; a difference is reported by its full path:
+
+    >>> from landscape.testing import assert_plotted_values
+    >>> assert_plotted_values({"curves": {"ce": [0.1, 0.2]}}, {"curves": {"ce": [0.1 + 1e-12, 0.2]}}, rtol=1e-6)
+    >>> assert_plotted_values({"curves": {"ce": [0.1, 0.2]}}, {"curves": {"ce": [0.1, 0.25]}}, rtol=1e-6)
+    Traceback (most recent call last):
+    ...
+    AssertionError: plotted values differ from the golden record:
+      curves.ce: 1 of 2 values drifted (rtol=1e-06, atol=1e-08); worst:
+        curves.ce[1]: got 0.2, golden 0.25, abs diff 0.05
     """
     got = plotted_values(result_or_figure)
     if keys is not None:

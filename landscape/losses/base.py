@@ -171,6 +171,17 @@ def get(name: str, **params) -> Loss:
     LossError
         Unknown name (the message lists what exists) or a parameter the loss does not take
         or whose value is out of range.
+
+    Examples
+    --------
+    Cross-entropy of the logits ``(2, 0)`` for class 0 is ``log(1 + e^-2)``:
+
+    >>> import math, torch
+    >>> import landscape as ls
+    >>> ce = ls.losses.get("ce")
+    >>> loss = ce(torch.tensor([[2.0, 0.0]]), torch.tensor([0]))
+    >>> math.isclose(float(loss), math.log1p(math.exp(-2.0)), rel_tol=1e-6)
+    True
     """
     canon = canonical(name)
     factory = _LOSSES[canon]
