@@ -120,6 +120,8 @@ def test_default_report_plotted_values_match_goldens(default_report):
     if not update:
         missing = {p.name for p in produced} - {g.name for g in _golden_files()}
         assert not missing, f"no golden for {sorted(missing)}; create them with LANDSCAPE_UPDATE_GOLDEN=1"
+    stale = {g.name for g in _golden_files()} - {p.name for p in produced}
+    assert not stale, f"goldens of figures the report no longer draws: {sorted(stale)}; delete them"
     kind_of = {f: rec["kind"] for rec in report["figures"] for f in rec["files"]}
     for path in produced:
         values = json.loads(path.read_text())["values"]
