@@ -75,11 +75,7 @@ def run(args) -> int:
     if not args.no_plots:
         from viz.geometry import cka_heatmap
 
-        plot = cka_heatmap(cm)
-        try:
-            written += plot.save(out / "cka")
-        finally:
-            plot.close()
+        written += cka_heatmap(cm).save(out / "cka", close=True)
     if not args.quiet:
         print(table)
         print(f"wrote {len(written)} files to {out}")

@@ -84,11 +84,7 @@ def run(args) -> int:
     if not args.no_plots:
         from viz.geometry import collapse_curves
 
-        plot = collapse_curves(curves, log=not args.linear)
-        try:
-            written += plot.save(out / "collapse")
-        finally:
-            plot.close()
+        written += collapse_curves(curves, log=not args.linear).save(out / "collapse", close=True)
     if not args.quiet:
         print(table)
         print(f"wrote {len(written)} files to {out}")

@@ -146,9 +146,7 @@ def run(args) -> int:
     if not args.no_plots:
         from viz.hessian import eigen_ratio
 
-        plot = eigen_ratio(emap, surf)
-        written += plot.save(out / "eigen_ratio")
-        plot.close()
+        written += eigen_ratio(emap, surf).save(out / "eigen_ratio", close=True)
     if not args.quiet:
         _summary(ck, data, emap, nx, ny)
         for path in written:
@@ -179,9 +177,7 @@ def _density(ck, data, args, dtype, out: Path, options: dict) -> list[Path]:
     if not args.no_plots:
         from viz.hessian import spectral_density
 
-        plot = spectral_density(dens)
-        written += plot.save(out / "density")
-        plot.close()
+        written += spectral_density(dens).save(out / "density", close=True)
     if not args.quiet:
         lo, hi = trace.interval
         print(f"{ck.name}: Hessian trace {trace.trace:.4g} +- {trace.stderr:.2g} (95% interval [{lo:.4g}, {hi:.4g}], "
@@ -201,8 +197,7 @@ def _layers(ck, data, args, dtype, out: Path, options: dict) -> list[Path]:
         from viz.hessian import layer_spectra, layer_table
 
         for name, plot in (("layers", layer_spectra(spectra)), ("layers-table", layer_table(spectra))):
-            written += plot.save(out / name)
-            plot.close()
+            written += plot.save(out / name, close=True)
     if not args.quiet:
         for row in spectra.table():
             print(f"  {row['group']:<24} {row['size']:>8} parameters: lambda_min {row['lam_min']:.4g}, lambda_max "

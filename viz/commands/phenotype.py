@@ -64,8 +64,7 @@ def run(args) -> int:
     written: list[Path] = []
 
     def save(plot, stem):
-        written.extend(plot.save(out / stem))
-        plot.close()
+        written.extend(plot.save(out / stem, close=True))
 
     save(viz.phenotype_curves(list(phs.values())), "curves")
     if not args.no_surfaces:
