@@ -45,6 +45,8 @@ _LAZY = {
     "CollapseCurve": "collapse", "cka": "cka", "cka_matrix": "cka", "CKAMatrix": "cka",
     "GGNOperator": "hvp", "as_operator": "operators",
     "recompute_statistics": "batchnorm",
+    "barrier": "connectivity", "Barrier": "connectivity", "connect": "connectivity", "LowLossCurve": "connectivity",
+    "curve_plane": "connectivity", "connectivity": None,
 }
 
 
