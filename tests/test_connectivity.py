@@ -249,3 +249,27 @@ def test_plane_holds_the_curve_and_figures_draw_the_results(pair, short_curve):
     p = vc.plane(surf)
     np.testing.assert_array_equal(p.values["loss"], surf.loss)
     p.close()
+
+
+# -- command line ------------------------------------------------------------------------------
+def test_connect_command_writes_results_and_figures_and_keeps_them(tmp_path, capsys):
+    from viz.cli import main
+
+    out = tmp_path / "run"
+    args = ["connect", str(ZOO / "mlp-ce.safetensors"), str(ZOO / "mlp-ce-seed1.safetensors"), "--epochs", "2",
+            "--subset", str(TINY), "--points", "5", "--grid", "3", "--out", str(out), "--threads", "1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "line: train: barrier" in printed and "curve: train: barrier" in printed
+    for name in ("barrier.npz", "curve.npz", "plane.npz", "connectivity.png", "connectivity.json", "plane.png"):
+        assert (out / name).exists(), name
+    curve = ls.Result.load(out / "curve.npz")
+    assert isinstance(curve, ls.LowLossCurve) and curve.meta["epochs"] == 2 and len(curve.t) == 5
+    before = (out / "curve.npz").read_bytes()
+    assert main(args) == 2  # a finished run is not replaced without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0  # every part is finished: loaded, figures drawn again
+    assert (out / "curve.npz").read_bytes() == before
+    assert main(["connect", str(ZOO / "mlp-ce.safetensors"), str(ZOO / "cnn-ce.safetensors"), "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "different architectures" in capsys.readouterr().err

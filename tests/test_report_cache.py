@@ -27,8 +27,8 @@ from viz.report import KINDS, build_report, load_spec, plan_report
 COMPUTATIONS = ("surface", "interpolate", "trajectory_directions", "eigen_ratio_map", "spectral_density",
                 "extract_features", "tsne", "hypersphere", "phenotype", "phenotype_difference", "gradcam",
                 "hessian_directions", "layer_spectra", "cka_matrix",
-                "collapse_curve", "neural_collapse")
-MODEL = {"gradcam": "cnn"}  # the model each kind is tried with (default: the mlp)
+                "collapse_curve", "neural_collapse", "barrier", "connect", "curve_plane")
+MODEL = {"gradcam": "cnn", "connectivity": 'ce", "cnn'}  # the model(s) each kind is tried with (default: the mlp)
 
 
 def _toml(value) -> str:

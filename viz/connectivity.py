@@ -124,7 +124,7 @@ def plane(surf, *, log: bool = True, n_levels: int = 20, title: str | None = Non
     drawn = draw_contour(ax, surf, log=log, n_levels=n_levels, filled=True)
     fig.colorbar(drawn["_artist"], ax=ax, label=f"train loss ({surf.meta.get('criterion', '')})")
     xy, nodes = np.asarray(info["xy"], dtype=np.float64), np.asarray(info["nodes_xy"], dtype=np.float64)
-    ax.plot(xy[:, 0], xy[:, 1], color="white", linewidth=1.8, label=f"{info['curve']} curve")
+    ax.plot(xy[:, 0], xy[:, 1], color="crimson", linewidth=1.8, label=f"{info['curve']} curve")
     ax.plot(nodes[[0, -1], 0], nodes[[0, -1], 1], "o", color="black", markersize=7, label="endpoints")
     if len(nodes) > 2:
         ax.plot(nodes[1:-1, 0], nodes[1:-1, 1], "s", color="white", markeredgecolor="black", markersize=6,

@@ -513,7 +513,6 @@ kind("cka", "Layer-by-layer CKA similarity (Kornblith et al. 2019) of two checkp
 # -- mode connectivity (issue 17) ---------------------------------------------------------------
 def _connectivity_compute(ctx, fig):
     """The line's barrier, the trained curve and its plane for the figure's two models (A first)."""
-    from landscape import connectivity as cn
     from landscape.errors import ArgumentError
 
     if len(fig.models) != 2:
@@ -523,16 +522,16 @@ def _connectivity_compute(ctx, fig):
     train, test = ctx.load_data(fig.data, "train"), ctx.data(fig)
 
     def line(p):
-        return cn.barrier(a, b, train, n=p["points"], bn=p["bn"], test=test, subset=p["subset"], seed=ctx.seed,
+        return ls.barrier(a, b, train, n=p["points"], bn=p["bn"], test=test, subset=p["subset"], seed=ctx.seed,
                           verbose=ctx.verbose)
 
     def curve(p):
-        return cn.connect(a, b, train, curve=p["curve"], bends=p["bends"], epochs=p["epochs"], n=p["points"],
+        return ls.connect(a, b, train, curve=p["curve"], bends=p["bends"], epochs=p["epochs"], n=p["points"],
                           bn=p["bn"], test=test, subset=p["subset"], seed=ctx.seed, verbose=ctx.verbose)
 
     out = {"line": ctx.cached(fig, "connect-line", None, line),
            "curve": ctx.cached(fig, "connect-curve", None, curve)}
-    out["plane"] = ctx.cached(fig, "connect-plane", None, lambda p: cn.curve_plane(
+    out["plane"] = ctx.cached(fig, "connect-plane", None, lambda p: ls.curve_plane(
         a, out["curve"], train, grid=p["grid"], subset=p["subset"], seed=ctx.seed, verbose=ctx.verbose))
     return out
 
