@@ -46,6 +46,8 @@ _LAZY = {
     "GGNOperator": "hvp", "as_operator": "operators",
     "recompute_statistics": "batchnorm",
     "faithfulness": "faithfulness", "Faithfulness": "faithfulness",
+    "barrier": "connectivity", "Barrier": "connectivity", "connect": "connectivity", "LowLossCurve": "connectivity",
+    "curve_plane": "connectivity", "connectivity": None,
 }
 
 

@@ -37,6 +37,7 @@ RESULT_MODULES = {
     "CAM": "gradcam",
     "NeuralCollapse": "collapse", "CollapseCurve": "collapse", "CKAMatrix": "cka",
     "Faithfulness": "faithfulness",
+    "Barrier": "connectivity", "LowLossCurve": "connectivity",
 }
 
 

@@ -189,6 +189,9 @@ ZOO: list[Recipe] = [
     Recipe("mlp-adma", "mlp", loss="adma"),
     Recipe("mlp-a2", "mlp", loss="a2"),
     Recipe("cnn-mam-softmax", "cnn", loss="mam-softmax", epochs=30),
+    # second seeds of the CE and MAM-SoftMax mlps: the endpoints of mode-connectivity figures (issue 17)
+    Recipe("mlp-ce-seed1", "mlp", seed=1),
+    Recipe("mlp-mam-softmax-seed1", "mlp", loss="mam-softmax", seed=1),
 ]
 
 

@@ -27,8 +27,10 @@ from viz.report import KINDS, build_report, load_spec, plan_report
 COMPUTATIONS = ("surface", "interpolate", "trajectory_directions", "eigen_ratio_map", "spectral_density",
                 "extract_features", "tsne", "hypersphere", "phenotype", "phenotype_difference", "gradcam",
                 "hessian_directions", "layer_spectra", "cka_matrix",
-                "collapse_curve", "neural_collapse", "faithfulness")
-MODEL = {"gradcam": "cnn", "faithfulness": "cnn"}  # the model each kind is tried with (default: the mlp)
+                "collapse_curve", "neural_collapse", "faithfulness",
+                "barrier", "connect", "curve_plane")
+# the model(s) each kind is tried with (default: the mlp)
+MODEL = {"gradcam": "cnn", "faithfulness": "cnn", "connectivity": 'ce", "cnn'}
 
 
 def _toml(value) -> str:
