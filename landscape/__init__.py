@@ -45,6 +45,8 @@ _LAZY = {
     "CollapseCurve": "collapse", "cka": "cka", "cka_matrix": "cka", "CKAMatrix": "cka",
     "GGNOperator": "hvp", "as_operator": "operators",
     "recompute_statistics": "batchnorm",
+    "sharpness": "sharpness", "Sharpness": "sharpness", "geometry_card": "card", "compare_cards": "card",
+    "GeometryCard": "card", "CardComparison": "card",
 }
 
 

@@ -36,6 +36,7 @@ RESULT_MODULES = {
     "Phenotype": "phenotype", "PhenotypeDifference": "phenotype",
     "CAM": "gradcam",
     "NeuralCollapse": "collapse", "CollapseCurve": "collapse", "CKAMatrix": "cka",
+    "Sharpness": "sharpness", "GeometryCard": "card", "CardComparison": "card",
 }
 
 

@@ -349,7 +349,7 @@ def apgd_checkpoints(n_iter: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({int(math.ceil(q * n_iter)) for q in p[1:]})
+    return sorted({int(math.ceil(round(q * n_iter, 9))) for q in p[1:]})  # round: 0.7 * 20 is 14.000000000000002
 
 
 def _project(u: torch.Tensor, norm: str, rho: float) -> torch.Tensor:
