@@ -86,3 +86,23 @@ def test_card_errors(mlp, digits_train):
         ls.geometry_card(mlp, "digits", measures=["sharp"])
     with pytest.raises(ArgumentError, match="not among the card's measures"):
         ls.geometry_card(mlp, "digits", measures=["epsilon"], options={"hessian": {}})
+
+
+def test_cli(zoo_path, tmp_path, capsys):
+    import json
+
+    from viz.cli import main
+
+    out = tmp_path / "run"
+    paths = [str(zoo_path("mlp-ce")), str(zoo_path("mlp-a2"))]
+    rc = main(["sharpness", *paths, "--measures", "epsilon", "flatness-radius", "--subset", "128", "--out", str(out),
+               "--threads", "1"])
+    assert rc == 0
+    assert "Kendall tau (p)" in capsys.readouterr().out
+    saved = json.loads((out / "sharpness.json").read_text())
+    assert saved["names"] == ["mlp-ce", "mlp-a2"] and saved["measures"] == ["epsilon", "flatness-radius"]
+    card = ls.Result.load(out / "mlp-ce-card.npz")
+    assert saved["values"][0][0] == card.value("epsilon")
+    fig = json.loads((out / "sharpness-gap.json").read_text())
+    assert fig["values"]["measures"]["epsilon"]["tau"] == saved["tau"][0]
+    assert main(["sharpness", paths[0], "--measures", "sharp"]) == 2
