@@ -27,7 +27,7 @@ from viz.report import KINDS, build_report, load_spec, plan_report
 COMPUTATIONS = ("surface", "interpolate", "trajectory_directions", "eigen_ratio_map", "spectral_density",
                 "extract_features", "tsne", "hypersphere", "phenotype", "phenotype_difference", "gradcam",
                 "hessian_directions", "layer_spectra", "cka_matrix",
-                "collapse_curve", "neural_collapse")
+                "collapse_curve", "neural_collapse", "geometry_card")
 MODEL = {"gradcam": "cnn"}  # the model each kind is tried with (default: the mlp)
 
 
@@ -90,7 +90,7 @@ def _alternative(kind: str, name: str, option: vr.Option, tmp_path):
     if option.type == "folders":  # another run added
         return [*d, "trained_models/snapshots/mlp-mam-softmax"]
     if option.type == "names":
-        return ["body.0", "head"]
+        return ["epsilon"] if kind == "geometry-card" else ["body.0", "head"]
     if option.type == "str":
         return {"reference": "CE"}.get(name, "another title")
     raise AssertionError(f"no alternative value for option type {option.type!r}: extend this test")
