@@ -252,3 +252,13 @@ def test_pac_bayes_sigma_is_a_standard_deviation():
         drop = 1 - ndtr(margins / (sigma * 2 ** 0.5)).mean()
         assert drop == pytest.approx(0.1, abs=0.03)  # tol 0.01 plus the Monte Carlo error of 10 draws
     assert got.value == pytest.approx(got.samples.mean(), rel=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["adaptive-average", "adaptive-worst", "flatness-radius"])
+def test_cuda_matches_cpu(zoo_path, digits_train, name):
+    """The noise and the directions are drawn on the CPU, so both devices evaluate the same points."""
+    cpu = ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
+    gpu = ls.load_checkpoint(zoo_path("mlp-ce"), device="cuda")
+    a, b = (sharpness(ck, digits_train, name, subset=256, verbose=False) for ck in (cpu, gpu))
+    assert b.value == pytest.approx(a.value, rel=1e-3, abs=1e-7)
