@@ -48,6 +48,8 @@ _LAZY = {
     "faithfulness": "faithfulness", "Faithfulness": "faithfulness",
     "barrier": "connectivity", "Barrier": "connectivity", "connect": "connectivity", "LowLossCurve": "connectivity",
     "curve_plane": "connectivity", "connectivity": None,
+    "sharpness": "sharpness", "Sharpness": "sharpness", "geometry_card": "card", "compare_cards": "card",
+    "GeometryCard": "card", "CardComparison": "card",
 }
 
 

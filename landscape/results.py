@@ -38,6 +38,7 @@ RESULT_MODULES = {
     "NeuralCollapse": "collapse", "CollapseCurve": "collapse", "CKAMatrix": "cka",
     "Faithfulness": "faithfulness",
     "Barrier": "connectivity", "LowLossCurve": "connectivity",
+    "Sharpness": "sharpness", "GeometryCard": "card", "CardComparison": "card",
 }
 
 

@@ -28,7 +28,7 @@ COMPUTATIONS = ("surface", "interpolate", "trajectory_directions", "eigen_ratio_
                 "extract_features", "tsne", "hypersphere", "phenotype", "phenotype_difference", "gradcam",
                 "hessian_directions", "layer_spectra", "cka_matrix",
                 "collapse_curve", "neural_collapse", "faithfulness",
-                "barrier", "connect", "curve_plane")
+                "barrier", "connect", "curve_plane", "geometry_card")
 # the model(s) each kind is tried with (default: the mlp)
 MODEL = {"gradcam": "cnn", "faithfulness": "cnn", "connectivity": 'ce", "cnn'}
 
@@ -92,7 +92,7 @@ def _alternative(kind: str, name: str, option: vr.Option, tmp_path):
     if option.type == "folders":  # another run added
         return [*d, "trained_models/snapshots/mlp-mam-softmax"]
     if option.type == "names":
-        return ["body.0", "head"]
+        return ["epsilon"] if kind == "geometry-card" else ["body.0", "head"]
     if option.type == "str":
         return {"reference": "CE"}.get(name, "another title")
     raise AssertionError(f"no alternative value for option type {option.type!r}: extend this test")
@@ -245,3 +245,14 @@ def test_an_algorithm_change_is_never_served_from_the_cache(tmp_path, monkeypatc
     monkeypatch.setattr(contour, "steps", tuple(dataclasses.replace(s, version=s.version + 1) for s in contour.steps))
     third = build_report(spec, out_root=tmp_path / "out", quiet=True, root=ROOT)
     assert [c["cached"] for c in third["figures"][0]["cache"]] == [False]
+
+
+def test_every_split_a_step_reads_enters_its_key(tmp_path):
+    # the geometry card reads both splits: another train split (same test split) is another card
+    plan = _plan(tmp_path, "geometry-card", {})
+    fig = plan.figures[0]
+    step = fig.kind.step("geometry-card")
+    assert set(step.splits) == {"train", "test"} and ("digits", "train") in plan.ctx._data
+    base = vr.cache_key(plan.ctx, fig, step, "ce")
+    plan.ctx._data_id[("digits", "train")] = {**plan.ctx.data_identity("digits", "train"), "x": "other"}
+    assert vr.cache_key(plan.ctx, fig, step, "ce") != base

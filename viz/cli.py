@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator
 from landscape.errors import ArgumentError, LandscapeError, check_scalar
 
 COMMANDS = ("info", "train", "surface", "hessian", "embed", "phenotype", "gradcam", "report", "bench",
-            "collapse", "cka", "connect")
+            "collapse", "cka", "connect", "sharpness")
 
 EPILOG = """examples:
   landscape info trained_models/mlp-ce.safetensors

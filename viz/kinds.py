@@ -601,3 +601,47 @@ kind("connectivity", "Mode connectivity of two models: loss and error on the str
      [Step("connect-line", _LINE, per=None), Step("connect-curve", _CURVE, per=None),
       Step("connect-plane", {"grid": "grid", "subset": "subset"}, per=None, after=("connect-curve",))],
      max_models=2, tolerance=CONNECT_TOLERANCE)((_connectivity_compute, _connectivity_draw))
+
+
+# -- sharpness and generalisation: the geometry card (issue 15) -----------------------------
+def _card_compute(ctx, fig):
+    """One GeometryCard per model: measures on the train split, accuracies and gap on both splits."""
+    out = {}
+    for m in fig.models:
+        ck = ctx.checkpoint(m)
+        out[m] = ctx.cached(fig, "geometry-card", m, lambda p, ck=ck: ls.geometry_card(
+            ck, ctx.data(fig, "train"), ctx.data(fig, "test"), measures=p["measures"],
+            seed=ctx.seed, subset=p["subset"], eval_subset=p["eval_subset"], bn=p["bn"], verbose=ctx.verbose))
+    return out
+
+
+def _card_draw(results, fig):
+    from .sharpness import card_table, sharpness_vs_gap
+
+    cmp = ls.compare_cards([results[m] for m in fig.models])
+    cmp.names = list(fig.models)
+    return {"": card_table(cmp), "gap": sharpness_vs_gap(cmp)}
+
+
+def _check_card(opts):
+    from landscape.sharpness import MEASURES, PRESETS
+
+    bad = [m for m in opts["measures"] if m not in (*MEASURES, *PRESETS)]
+    if bad:
+        return "measures", f"{bad[0]!r} is not a measure; use {', '.join((*MEASURES, *PRESETS))}."
+    return None
+
+
+# Monte Carlo and Auto-PGD run through float32 sums whose last bits differ between CPUs, and PAC-Bayes counts
+# samples (a flipped sample moves sigma* by one bisection step): values are pinned loosely, the gap exactly.
+CARD_TOLERANCE = {"rtol": 2e-3, "atol": 1e-6, "paths": {"*pac-bayes*": {"rtol": 0.1}, "*p_value*": {"rtol": 0.1}}}
+kind("geometry-card", "Geometry card per model: sharpness measures, accuracies, generalisation gap and Kendall tau",
+     {"measures": Option(["hessian", "epsilon", "adaptive-average", "adaptive-worst", "plain-average", "plain-worst",
+                          "pac-bayes", "flatness-radius"], "names",
+                         help="sharpness measures and presets (see landscape.sharpness)"),
+      "subset": integer(1024, 1, optional=True, help="seeded training examples the measures use"),
+      "eval_subset": integer(None, 1, optional=True, help="seeded examples per split for accuracy and loss"),
+      "bn": choice("eval", ("eval", "recompute"), help="batchnorm statistics at perturbed weights")},
+     [Step("geometry-card", {"measures": "measures", "subset": "subset", "eval_subset": "eval_subset", "bn": "bn"},
+           splits=("train", "test"))],
+     check=_check_card, tolerance=CARD_TOLERANCE)((_card_compute, _card_draw))

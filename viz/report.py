@@ -84,7 +84,7 @@ class Option:
         ``"int"``, ``"float"``, ``"bool"``, ``"str"``, ``"choice"``, ``"interval"`` (``[low, high]``),
         ``"loss"`` (a loss spec with a phenotype), ``"losses"`` (a list of them), ``"layer"`` (a
         layer name of the figure's models, checked when they are loaded), ``"names"`` (a list of
-        layer names), ``"folder"`` (a folder of checkpoint snapshots, relative to the spec) or
+        names: layers, measures), ``"folder"`` (a folder of checkpoint snapshots, relative to the spec) or
         ``"folders"`` (a list of them).
     min, max : float, optional
         Range of a number; ``open_min`` excludes ``min`` itself.
@@ -142,7 +142,7 @@ class Option:
         if kind == "losses":
             return _check_losses(value, name)
         if kind in ("names", "folders"):
-            return _check_names(value, name, "snapshot folders" if kind == "folders" else "layer names")
+            return _check_names(value, name, "snapshot folders" if kind == "folders" else "names")
         raise AssertionError(f"option type {kind!r} is not known")  # a kind declared a type that does not exist
 
     def describe(self) -> str:
@@ -150,7 +150,7 @@ class Option:
         what = {"int": "int", "float": "number", "bool": "true/false", "str": "string", "interval": "[low, high]",
                 "loss": "loss spec", "losses": "list of loss specs", "layer": "layer name",
                 "folder": "folder of snapshots", "folders": "list of snapshot folders",
-                "names": "list of layer names"}.get(self.type, "one of " + ", ".join(map(str, self.choices)))
+                "names": "list of names"}.get(self.type, "one of " + ", ".join(map(str, self.choices)))
         if self.min is not None or self.max is not None:
             lo = "" if self.min is None else f"{'(' if self.open_min else '['}{self.min:g}"
             hi = "" if self.max is None else f"{self.max:g}]"
@@ -282,6 +282,9 @@ class Step:
         Draws random numbers from the spec's seed.
     after : tuple of str
         Steps (of the same model or entry) whose results it uses: their keys enter this key.
+    splits : tuple of str
+        Further splits of the figure's data that it reads (``("train", "test")``): their digests
+        enter the key too, and they are loaded with the figure's resources.
     version : int
         Bump it when the computation changes, so that no stale result is served.
     """
@@ -293,6 +296,7 @@ class Step:
     data: bool = True
     seed: bool = True
     after: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ()
     version: int = 1
 
 
@@ -844,6 +848,8 @@ def cache_key(ctx: Context, fig: Figure, step: Step, item: Any) -> str:
         record["models"] = [ctx.model_identity(m) for m in fig.models]
     if step.data:
         record["data"] = ctx.data_identity(fig.data, fig.split)
+    if step.splits:
+        record["splits"] = {sp: ctx.data_identity(fig.data, sp) for sp in step.splits}
     if step.seed:
         record["seed"] = ctx.seed
     return hashlib.sha256(_canonical(record).encode()).hexdigest()[:20]
@@ -952,8 +958,9 @@ def _load_resources(ctx: Context, fig: Figure) -> None:
     spec = ctx.spec
     if fig.data is not None:
         own = (fig.n, "data") in spec.lines  # the figure's own data, else the spec's
-        _checked(spec, fig.n if own else "", "data", lambda: ctx.load_data(fig.data, fig.split),
-                 f"figure {fig.id!r}: " if own else "")
+        for split in dict.fromkeys([fig.split, *(sp for step in fig.kind.steps for sp in step.splits)]):
+            _checked(spec, fig.n if own else "", "data", lambda split=split: ctx.load_data(fig.data, split),
+                     f"figure {fig.id!r}: " if own else "")
     for name, option in fig.kind.options.items():
         value = fig.opts[name]
         if option.type == "layer" and value is not None:

@@ -3,4 +3,4 @@
 A benchmark module defines ``add_arguments(parser)`` and ``run(args) -> int`` and prints
 ratios against its peers. Benchmarks never assert on time; tests never time anything.
 """
-KINDS = ("surface", "hessian", "data")
+KINDS = ("surface", "hessian", "data", "sharpness")

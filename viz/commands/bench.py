@@ -15,7 +15,8 @@ POSITIVE_FLOATS = ("range", "tol")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks against peers (surface, hessian, data)", description=__doc__,
+    p = sub.add_parser("bench", help="benchmarks against peers (surface, hessian, data, sharpness)",
+                       description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  landscape bench surface --grid 51\n"
                               "  landscape bench surface --arch resnet20 --samples 256 --grid 5 --repeat 2\n"
