@@ -358,6 +358,51 @@ losses = ["A2", "adma(a=0.1)", "CE"]
 kind = "gradcam"
 models = ["cnn_ce"]
 images = 3
+
+[[figure]]
+kind = "hessian_plane"
+models = ["ce"]
+grid = 5
+subset = 120
+
+[[figure]]
+kind = "layer_spectra"
+models = ["ce"]
+subset = 120
+probes = 2
+steps = 10
+trace_probes = 8
+
+[[figure]]
+kind = "collapse"
+snapshots = ["trained_models/snapshots/mlp-ce"]
+models = ["ce"]
+subset = 200
+
+[[figure]]
+kind = "cka"
+models = ["ce", "mam"]
+subset = 120
+
+[[figure]]
+kind = "faithfulness"
+models = ["cnn_ce"]
+images = 4
+steps = 8
+
+[[figure]]
+kind = "connectivity"
+models = ["ce", "mam"]
+epochs = 2
+points = 11
+grid = 5
+subset = 200
+
+[[figure]]
+kind = "geometry-card"
+models = ["ce", "mam"]
+subset = 256
+eval_subset = 200
 """
 
 # Another CPU as far as one machine can play it: torch's portable kernels instead of its vectorised
@@ -389,7 +434,8 @@ def test_kind_tolerances_hold_across_cpu_kernels_and_thread_counts(tmp_path):
     _render_in_subprocess(spec, tmp_path / "there", OTHER_CPU)
     kinds = {rec["kind"] for rec in here["figures"]}
     assert kinds == {"contour", "interpolation", "eigen_ratio", "spectral_density", "tsne", "hypersphere",
-                     "phenotype_curves", "gradcam"}
+                     "phenotype_curves", "gradcam", "hessian_plane", "layer_spectra", "collapse", "cka",
+                     "faithfulness", "connectivity", "geometry-card"}
     for rec in here["figures"]:
         for f in rec["files"]:
             if f.endswith(".json"):

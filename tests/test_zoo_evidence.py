@@ -90,21 +90,27 @@ def plain_loss(ck: ls.Checkpoint, dirs, coords, x, y) -> float:
     return float(F.cross_entropy(logits, y))
 
 
-def check_plane_and_line(ck: ls.Checkpoint, data: ls.Dataset) -> None:
+# Float32 rounding is amplified by depth without shortcuts: on the random resnet110_noshort the plain forward
+# pass in float32 is 10 % away from float64, and channels-last memory order alone moves the loss by 9e-4, so the
+# engine (which may reorder memory and fold batchnorm) is compared with it at a tolerance of that size.
+ILL_CONDITIONED = {"resnet110_noshort": 2e-2}
+
+
+def check_plane_and_line(ck: ls.Checkpoint, data: ls.Dataset, rtol: float = 1e-4) -> None:
     x, y = ck.prepare(data)
     dirs = ls.random_directions(ck.model, n=2, seed=0)
     surf = ls.surface(ck, data, dirs, x=PLANE, y=PLANE, verbose=False)
     with torch.no_grad():
         centre = float(F.cross_entropy(ck.model(x), y))
-    assert surf.meta["centre"]["loss"] == pytest.approx(centre, rel=1e-4, abs=1e-6)
+    assert surf.meta["centre"]["loss"] == pytest.approx(centre, rel=rtol, abs=1e-6)
     assert abs(surf.loss[0, 0] - centre) > 1e-3 * centre  # the plane moves the loss: the checks below can fail
     for i in (0, 1):  # two opposite corners of the plane (the other two use the same code)
-        assert surf.loss[i, i] == pytest.approx(plain_loss(ck, dirs, (surf.x[i], surf.y[i]), x, y), rel=1e-4,
+        assert surf.loss[i, i] == pytest.approx(plain_loss(ck, dirs, (surf.x[i], surf.y[i]), x, y), rel=rtol,
                                                 abs=1e-6)
     d1 = Directions(dirs.vectors[:1], dirs.names, dirs.shapes, meta={**dirs.meta, "n": 1})
     line = ls.interpolate(ck, d1, data, steps=3, verbose=False)
-    assert line.loss[1] == pytest.approx(centre, rel=1e-4, abs=1e-6)
-    assert line.loss[0] == pytest.approx(plain_loss(ck, d1, (line.t[0],), x, y), rel=1e-4, abs=1e-6)
+    assert line.loss[1] == pytest.approx(centre, rel=rtol, abs=1e-6)
+    assert line.loss[0] == pytest.approx(plain_loss(ck, d1, (line.t[0],), x, y), rel=rtol, abs=1e-6)
 
 
 def check_features_and_cam(ck: ls.Checkpoint, data: ls.Dataset) -> None:
@@ -124,7 +130,7 @@ def check_features_and_cam(ck: ls.Checkpoint, data: ls.Dataset) -> None:
     np.testing.assert_array_equal(cams.pred, pred.numpy())
 
 
-def check_hessian_map(ck: ls.Checkpoint, data: ls.Dataset) -> None:
+def check_hessian_map(ck: ls.Checkpoint, data: ls.Dataset, rtol: float = 1e-4) -> None:
     x, y = ck.prepare(data)
     dirs = ls.random_directions(ck.model, n=2, seed=0)
     emap = ls.eigen_ratio_map(ck, data, dirs, x=PLANE, y=PLANE, max_iter=12, tol=0.1, verbose=False)
@@ -132,7 +138,7 @@ def check_hessian_map(ck: ls.Checkpoint, data: ls.Dataset) -> None:
     assert (emap.lam_max >= emap.lam_min).all()
     for j, b in enumerate(emap.y):
         for i, a in enumerate(emap.x):
-            assert emap.loss[j, i] == pytest.approx(plain_loss(ck, dirs, (a, b), x, y), rel=1e-4, abs=1e-6)
+            assert emap.loss[j, i] == pytest.approx(plain_loss(ck, dirs, (a, b), x, y), rel=rtol, abs=1e-6)
 
 
 PARAMS = [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in NEW]
@@ -142,7 +148,7 @@ PARAMS = [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in N
 def test_every_analysis_on_a_random_instance(arch):
     data = synthetic(8, seed=0)
     ck = random_checkpoint(arch)
-    check_plane_and_line(ck, data)
+    check_plane_and_line(ck, data, ILL_CONDITIONED.get(arch, 1e-4))
     check_features_and_cam(ck, data)
 
 
@@ -163,7 +169,7 @@ def test_every_architecture_has_a_hessian_layout():
 @pytest.mark.parametrize("arch,kwargs", [pytest.param(a, k, marks=[pytest.mark.slow] if i > 1 else [])
                                          for i, (a, k, _) in enumerate(LAYOUTS)], ids=[a for a, _, _ in LAYOUTS])
 def test_hessian_map_on_each_layout(arch, kwargs):
-    check_hessian_map(random_checkpoint(arch, **kwargs), synthetic(8, seed=0))
+    check_hessian_map(random_checkpoint(arch, **kwargs), synthetic(8, seed=0), ILL_CONDITIONED.get(arch, 1e-4))
 
 
 @pytest.mark.slow
