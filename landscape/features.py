@@ -22,7 +22,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint
 from .data import Dataset
-from .errors import ArgumentError, did_you_mean
+from .errors import ArgumentError, check_scalar, did_you_mean
 from .models import split_head
 from .objective import logits_of
 from .results import Result
@@ -164,8 +164,7 @@ def extract_features(ck: Checkpoint, data: Dataset, layer: str | None = None, ba
         If ``layer`` is not a submodule (the message lists the available names), the model
         has no default feature layer, or ``batch_size`` is not positive.
     """
-    if int(batch_size) < 1:
-        raise ArgumentError(f"batch_size must be a positive integer, got {batch_size}.")
+    batch_size = check_scalar(batch_size, "batch_size", int, min=1)
     x, y = ck.prepare(data)
     chunks, preds, shape = [], [], None
     with torch.inference_mode(), _reader(ck.model, layer) as run:

@@ -43,7 +43,7 @@ def test_unknown_name_lists_what_exists():
 
 
 @pytest.mark.parametrize("spec, match", [("ce(foo=1)", "no parameter 'foo'; it takes: label_smoothing, eps"),
-                                         ("l-softmax(m=2.5)", "integer >= 1"), ("adma(a=-1)", "a must be >= 0"),
+                                         ("l-softmax(m=2.5)", "must be an integer"), ("adma(a=-1)", "a must be >= 0"),
                                          ("am-softmax(s=0)", "s > 0"), ("0.5*ce +", "cannot read loss spec"),
                                          ("0.5*ce - hinge", r"joined with '\+'"), ("ce(4)", "key=value")])
 def test_bad_parameters_and_specs_say_what_is_wrong(spec, match):

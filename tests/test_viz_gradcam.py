@@ -138,7 +138,7 @@ def test_cli_compares_two_checkpoints(zoo_path, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--layer", "body.conv9"], "Did you mean 'body.conv3'"),
     (["--indices", "5000"], "outside the 360 images"),
-    (["--images", "0"], "at least 1"),
+    (["--images", "0"], "--images must be >= 1"),
     (["--target", "12"], r"\[0, 9\]"),
 ])
 def test_cli_user_mistakes_exit_2_with_one_line(zoo_path, tmp_path, capsys, argv, message):

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from landscape.errors import ArgumentError
+from landscape.errors import ArgumentError, check_scalar
 from landscape.faithfulness import METRICS, Faithfulness
 from landscape.gradcam import CAM
 
@@ -31,9 +31,7 @@ _GUIDED_NAMES = {"guided-backprop": "guided backprop", "guided-gradcam": "Guided
 def _check(cam: CAM, max_images: int) -> int:
     if not isinstance(cam, CAM):
         raise ArgumentError(f"expected a landscape CAM (from ls.gradcam), got {type(cam).__name__}.")
-    if max_images < 1:
-        raise ArgumentError(f"max_images must be at least 1, got {max_images}.")
-    return min(len(cam), int(max_images))
+    return min(len(cam), check_scalar(max_images, "max_images", int, min=1))
 
 
 def _title(cam: CAM, i: int) -> tuple[str, bool]:

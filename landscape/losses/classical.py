@@ -59,9 +59,7 @@ class Hinge(Loss):
 
     def __init__(self, delta: float = 1.0):
         super().__init__()
-        if float(delta) < 0:
-            raise ValueError(f"delta must be >= 0, got {delta}")
-        self.delta = float(delta)
+        self.delta = check_scalar(delta, "delta", float, min=0.0)
 
     def forward(self, logits, target, features=None, weight=None):
         """Batch-mean multiclass hinge loss (the ``j = y`` term excluded)."""

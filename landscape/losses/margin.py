@@ -16,7 +16,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..errors import LossError, check_choice
+from ..errors import LossError, check_choice, check_scalar
 from .base import Loss, register
 
 
@@ -38,9 +38,7 @@ class SMSoftmax(Loss):
 
     def __init__(self, m: float = 0.35):
         super().__init__()
-        if float(m) < 0:
-            raise ValueError(f"the margin m must be >= 0, got {m}")
-        self.m = float(m)
+        self.m = check_scalar(m, "the margin m", float, min=0.0)
 
     def forward(self, logits, target, features=None, weight=None):
         """Batch-mean CE on the logits with the target logit lowered by ``m``."""
@@ -119,9 +117,8 @@ class MAMSoftmax(Loss):
     def __init__(self, offset: float = 0.2, max_margin: float = 4.0, log_base: str = "10", order: str = "log-clip",
                  scope: str = "batch"):
         super().__init__()
-        if float(max_margin) < 0:
-            raise ValueError(f"max_margin must be >= 0, got {max_margin}")
-        self.offset, self.max_margin = float(offset), float(max_margin)
+        self.offset = float(offset)
+        self.max_margin = check_scalar(max_margin, "max_margin", float, min=0.0)
         self.log_base = check_choice(str(log_base), "log_base", MAM_LOG_BASES)
         self.order = check_choice(order, "order", MAM_ORDERS)
         self.scope = check_choice(scope, "scope", MAM_SCOPES)
@@ -191,11 +188,10 @@ class _AngularSoftmax(Loss):
 
     def __init__(self, m: int = 4, beta: float = 0.0):
         super().__init__()
-        if isinstance(m, bool) or int(m) != m or int(m) < 1:
-            raise ValueError(f"the margin m must be an integer >= 1, got {m!r}")
-        if float(beta) < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
-        self.m, self.beta, self.literal = int(m), float(beta), False
+        if not isinstance(m, bool) and isinstance(m, float) and m.is_integer():
+            m = int(m)  # 4.0 is the integer margin 4
+        self.m = check_scalar(m, "the margin m", int, min=1)
+        self.beta, self.literal = check_scalar(beta, "beta", float, min=0.0), False
 
     def margin_logits(self, features: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The logits with the angular margin applied to each row's target entry."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import landscape as ls
-from landscape.errors import ArgumentError
+from landscape.errors import ArgumentError, check_scalar
 from landscape.faithfulness import METRICS, faithfulness
 from landscape.gradcam import METHODS, gradcam
 from viz.cli import add_common, check_outputs, data_spec, input_files, int_arg, load_checkpoint, stamp_threads
@@ -67,8 +67,7 @@ def select(data: ls.Dataset, count: int, indices: list[int] | None, seed: int) -
         idx = np.asarray(indices, dtype=np.int64)
         return (ls.Dataset(data.x[idx], data.y[idx], data.classes, f"{data.name}[indices {indices}]"),
                 [int(i) for i in idx])
-    if count < 1:
-        raise ArgumentError(f"--images must be at least 1, got {count}.")
+    count = check_scalar(count, "--images", int, min=1)
     chosen = np.sort(np.random.default_rng(seed).choice(len(data), size=min(count, len(data)), replace=False))
     return ls.Dataset(data.x[chosen], data.y[chosen], data.classes, f"{data.name}[{len(chosen)} at seed {seed}]"), \
         [int(i) for i in chosen]
