@@ -172,24 +172,28 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
-def to_jsonable(value):
+def to_jsonable(value, nonfinite: bool = False):
     """Convert numpy arrays and scalars (recursively) to JSON types.
 
     NaN becomes null and +-inf the strings "inf"/"-inf" (standard JSON has neither), so
-    diverged values survive a round trip through a golden file.
+    diverged values survive a round trip through a golden file. ``nonfinite=True`` keeps them
+    as floats, for JSON that only Python reads back (its ``NaN``/``Infinity`` tokens), so that a
+    NaN stays a NaN and not None.
     """
     if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
+        return {str(k): to_jsonable(v, nonfinite) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
+        return [to_jsonable(v, nonfinite) for v in value]
     if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
+        return to_jsonable(value.tolist(), nonfinite)
     if isinstance(value, (np.bool_, bool)):
         return bool(value)
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating, float)):
         value = float(value)
+        if nonfinite:
+            return value
         if math.isnan(value):
             return None
         return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")

@@ -88,7 +88,9 @@ class Result:
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         arrays, other = self._split()
-        header = {"class": type(self).__name__, "fields": to_jsonable(other)}
+        # NaN and inf kept as Python's JSON tokens: this header is read back only by load, and a diverged
+        # value must come back as the float it was, not as None
+        header = {"class": type(self).__name__, "fields": to_jsonable(other, nonfinite=True)}
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, __header__=np.array(json.dumps(header)), **arrays)

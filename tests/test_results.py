@@ -46,3 +46,17 @@ def test_unknown_or_corrupt_result_files_are_clear_errors(tmp_path):
         (tmp_path / "c.npz").write_bytes(content)
         with pytest.raises(ls.errors.ArgumentError, match="not a result file"):
             Result.load(tmp_path / "c.npz")
+
+
+def test_non_finite_values_come_back_as_the_floats_they_were(tmp_path):
+    import math
+
+    from landscape.hessian import TraceEstimate
+
+    nan, inf = float("nan"), float("inf")
+    est = TraceEstimate(trace=nan, stderr=inf, n_probes=2, samples=np.array([1.0, nan]), interval=(nan, inf),
+                        confidence=0.95, method="hutchinson", low_rank=0, meta={"centre": {"lam_max": nan}, "x": -inf})
+    back = Result.load(est.save(tmp_path / "t"))
+    assert math.isnan(back.trace) and back.stderr == inf and back.meta["x"] == -inf
+    assert math.isnan(back.interval[0]) and back.interval[1] == inf and math.isnan(back.meta["centre"]["lam_max"])
+    np.testing.assert_array_equal(back.samples, est.samples)
