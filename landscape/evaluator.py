@@ -400,6 +400,11 @@ class GridEvaluator:
         Re-estimate batchnorm running statistics at every point (``bn="recompute"``).
     """
 
+    @staticmethod
+    def fields_of(with_ce: bool) -> tuple[str, ...]:
+        """The values computed per point: loss and accuracy, and plain cross-entropy with ``with_ce``."""
+        return ("loss", "accuracy") + (("ce_loss",) if with_ce else ())
+
     def __init__(self, model: nn.Module, criterion: nn.Module, x, y: torch.Tensor, dirs: Directions, *,
                  with_ce: bool = False, batch_size: int | None = None, shortcut: bool = True,
                  points_per_batch: int | None = None, forward_batch: int | None = None,
@@ -412,7 +417,7 @@ class GridEvaluator:
         self.needs_features = bool(getattr(criterion, "needs_features", False))
         self._net = _Outputs(model, self.needs_features).eval()
         self.with_ce = bool(with_ce)
-        self.fields = ("loss", "accuracy") + (("ce_loss",) if with_ce else ())
+        self.fields = self.fields_of(with_ce)
         self.n_dirs, self.n = dirs.n, len(y)
         self.dir_type = dirs.dir_type
         self.batch_size = self.n if batch_size is None else min(self.n, check_scalar(batch_size, "batch_size", int,
