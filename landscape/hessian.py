@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import math
 import warnings
 from typing import Callable, Mapping
@@ -61,7 +60,7 @@ import torch
 from . import grid
 from .checkpoint import as_checkpoint
 from .data import as_dataset
-from .errors import ArgumentError, ResumeError, check_choice, check_scalar, did_you_mean
+from .errors import ArgumentError, check_choice, check_scalar, did_you_mean
 from .hvp import HessianError, HessianOperator, select_parameters
 from .plane import plane_fingerprint, plane_meta, plane_setup
 from .progress import bar as progress_bar
@@ -1466,27 +1465,6 @@ def _map_chunk(op: HessianOperator, model, dirs, *, tol: float, max_iter: int, s
     return evaluate
 
 
-def _check_progress(out, fingerprint: dict) -> None:
-    """Refuse a resume whose progress files were made with other settings, naming what differs.
-
-    :func:`landscape.grid.run_grid` refuses them too, with a generic message; this one says
-    which setting (the thread count, say) to restore.
-    """
-    for f in grid.progress_files(out):
-        try:
-            with np.load(f, allow_pickle=False) as npz:
-                theirs = json.loads(str(npz["__fingerprint__"]))
-        except (OSError, ValueError, KeyError):
-            return  # unreadable: run_grid reports it
-        ours = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
-        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-        if diff:
-            what = ", ".join(f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} now)" for k in diff[:3])
-            hint = (" Hessian values depend on the CPU thread count: resume with the same number of threads "
-                    "(torch.set_num_threads, OMP_NUM_THREADS or --threads)." if "threads" in diff else "")
-            raise ResumeError(f"{f} was computed with other settings: {what}.{hint} Or delete it to start over.")
-
-
 def _centre(op: HessianOperator, xs: np.ndarray, ys: np.ndarray, values: dict, *, tol: float, max_iter: int,
             seed: int) -> dict:
     """The extremes at the plane's centre ``(0, 0)``: the grid's own point there, else computed at the centre."""
@@ -1573,8 +1551,6 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
                                what="eigenvalue map")
     if done is not None:
         return done
-    if resume and out is not None and not overwrite:
-        _check_progress(out, fingerprint)
     evaluate = _map_chunk(op, ck.model, dirs, tol=tol, max_iter=max_iter, seed=seed, warm_start=warm_start)
     values = grid.run_grid(points, evaluate, {f: () for f in _MAP_FIELDS}, out=out, fingerprint=fingerprint,
                            resume=resume, overwrite=overwrite, chunk_size=chunk_size,
