@@ -193,13 +193,9 @@ def _dir_type_meta(dir_type: str) -> dict:
     return {"dir_type": dir_type} if dir_type != "weights" else {}
 
 
-def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
-    value = "none" if value is None else str(value)
-    if value not in choices:
-        from .errors import did_you_mean
-
-        raise ArgumentError(f"{what} {value!r} is not supported.{did_you_mean(value, choices)}")
-    return value
+def _check_choice(value, choices: Sequence[str], what: str) -> str:
+    """:func:`landscape.errors.check_choice`, with None spelled ``"none"`` (``ignore=None``)."""
+    return check_choice("none" if value is None else str(value), what, choices)
 
 
 # -- random directions -----------------------------------------------------------------------
