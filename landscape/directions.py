@@ -193,31 +193,33 @@ def _dir_type_meta(dir_type: str) -> dict:
     return {"dir_type": dir_type} if dir_type != "weights" else {}
 
 
-def _check_choice(value: str, choices: Sequence[str], what: str) -> str:
-    value = "none" if value is None else str(value)
-    if value not in choices:
-        from .errors import did_you_mean
-
-        raise ArgumentError(f"{what} {value!r} is not supported.{did_you_mean(value, choices)}")
-    return value
+def _check_choice(value, choices: Sequence[str], what: str) -> str:
+    """:func:`landscape.errors.check_choice`, with None spelled ``"none"`` (``ignore=None``)."""
+    return check_choice("none" if value is None else str(value), what, choices)
 
 
 # -- random directions -----------------------------------------------------------------------
 def _draw(tensors: list[tuple[str, torch.Tensor]], gen: torch.Generator, norm: str, ignore: str,
-          one_d: str = "random") -> np.ndarray:
-    """One seeded Gaussian direction over ``tensors``, normalised tensor by tensor, flattened (float64)."""
-    parts = []
+          one_d: str, out: np.ndarray) -> None:
+    """One seeded Gaussian direction over ``tensors``, normalised tensor by tensor, written into ``out``.
+
+    The draw and the normalisation are float64 on the CPU (device-independent); each tensor's
+    part is rounded to float32 straight into its slice of ``out`` (the float32 row of
+    :attr:`Directions.vectors`), so no float64 copy of the whole direction is ever made: on a
+    WRN-28-10 (36.5M parameters) that took half of the time, and the values are the same bits.
+    """
+    flat = torch.from_numpy(out)
+    start = 0
     for _, t in tensors:
-        w = t.cpu().double()
-        d = torch.randn(w.shape, generator=gen, dtype=torch.float64)
+        w = t.detach().to("cpu", torch.float64)
+        d = torch.randn(w.shape, generator=gen, dtype=torch.float64)  # drawn always: later tensors keep their draws
+        size = d.numel()
         if w.dim() <= 1 and ignore == "biasbn":
-            d.zero_()
-        elif w.dim() <= 1 and one_d == "li":
-            d = w.clone()
+            flat[start:start + size].zero_()
         else:
-            d = normalize_direction(d, w, norm)
-        parts.append(d.reshape(-1))
-    return torch.cat(parts).numpy() if parts else np.zeros(0)
+            d = w if (w.dim() <= 1 and one_d == "li") else normalize_direction(d, w, norm)
+            flat[start:start + size].copy_(d.reshape(-1))
+        start += size
 
 
 def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
@@ -265,14 +267,17 @@ def random_directions(model, n: int = 2, seed: int = 0, norm: str = "filter",
     buffers = state_tensors(model, dir_type)[len(params):]
     # every direction's parameters first, then (states) every direction's buffers: the parameter part of a
     # states direction is then the weights direction of the same seed
-    rows = [_draw(params, gen, norm, ignore, one_d) for _ in range(int(n))]
-    if buffers:
-        rows = [np.concatenate([r, _draw(buffers, gen, norm, ignore, one_d)]) for r in rows]
+    n_params = sum(t.numel() for _, t in params)
+    vectors = np.empty((int(n), n_params + sum(t.numel() for _, t in buffers)), np.float32)
+    for row in vectors:
+        _draw(params, gen, norm, ignore, one_d, row[:n_params])
+    for row in vectors if buffers else ():
+        _draw(buffers, gen, norm, ignore, one_d, row[n_params:])
     meta = {"kind": "random", "seed": int(seed), "norm": norm, "ignore": ignore, "n": int(n),
             **_dir_type_meta(dir_type)}
     if ignore == "none":  # one_d matters only when one-dimensional parameters move
         meta["one_d"] = one_d
-    return Directions(np.stack(rows), names, shapes, meta=meta)
+    return Directions(vectors, names, shapes, meta=meta)
 
 
 # -- through checkpoints ---------------------------------------------------------------------

@@ -157,7 +157,12 @@ def should_stream(n_values: int, dtype: torch.dtype, device: torch.device) -> bo
     return n_values * torch.empty((), dtype=dtype).element_size() > STREAM_FRACTION * available_memory(device)
 
 
-def prepare_inputs(ck, data, stream: bool | None = None, dtype: torch.dtype = torch.float32):
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of ``model``'s parameters (float32 when it has none): the dtype its inputs need."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def prepare_inputs(ck, data, stream: bool | None = None, dtype: torch.dtype | None = None):
     """``(inputs, labels)`` of ``data`` for ``ck``: a prepared tensor on the device, or :class:`StreamedInputs`.
 
     Parameters
@@ -167,8 +172,10 @@ def prepare_inputs(ck, data, stream: bool | None = None, dtype: torch.dtype = to
     stream : bool or None
         Stream the inputs batch by batch; ``None`` streams when the prepared inputs would take
         more than :data:`STREAM_FRACTION` of the device's free memory.
-    dtype : torch.dtype
+    dtype : torch.dtype, optional
+        Default: the model's own (:func:`model_dtype`), so a float64 module gets float64 inputs.
     """
+    dtype = model_dtype(ck.model) if dtype is None else dtype
     if stream is None:
         stream = should_stream(int(np.prod(data.x.shape)), dtype, ck.device)
     if not stream:
@@ -400,6 +407,11 @@ class GridEvaluator:
         Re-estimate batchnorm running statistics at every point (``bn="recompute"``).
     """
 
+    @staticmethod
+    def fields_of(with_ce: bool) -> tuple[str, ...]:
+        """The values computed per point: loss and accuracy, and plain cross-entropy with ``with_ce``."""
+        return ("loss", "accuracy") + (("ce_loss",) if with_ce else ())
+
     def __init__(self, model: nn.Module, criterion: nn.Module, x, y: torch.Tensor, dirs: Directions, *,
                  with_ce: bool = False, batch_size: int | None = None, shortcut: bool = True,
                  points_per_batch: int | None = None, forward_batch: int | None = None,
@@ -412,7 +424,7 @@ class GridEvaluator:
         self.needs_features = bool(getattr(criterion, "needs_features", False))
         self._net = _Outputs(model, self.needs_features).eval()
         self.with_ce = bool(with_ce)
-        self.fields = ("loss", "accuracy") + (("ce_loss",) if with_ce else ())
+        self.fields = self.fields_of(with_ce)
         self.n_dirs, self.n = dirs.n, len(y)
         self.dir_type = dirs.dir_type
         self.batch_size = self.n if batch_size is None else min(self.n, check_scalar(batch_size, "batch_size", int,

@@ -16,7 +16,11 @@ is the one engine both use:
   run is never mixed in; the error names what differs;
 * nothing finished is replaced by accident (:func:`check_output`): a finished result or the
   progress of an earlier run is refused unless the caller resumes it or overwrites it
-  (``overwrite=True``, or the CLI's ``--overwrite`` through :func:`overwriting`).
+  (``overwrite=True``, or the CLI's ``--overwrite`` through :func:`overwriting`);
+* one resume semantics for every resumable result (:func:`reuse_finished`): ``resume=True`` on
+  a finished result of the same inputs (the digest of its fingerprint, stored in its
+  ``meta["fingerprint"]``) returns it without recomputing, so resuming a multi-stage command
+  after a kill is idempotent; a finished result of other inputs is refused, naming the fix.
 """
 from __future__ import annotations
 
@@ -255,6 +259,60 @@ def finished(out: str | os.PathLike | None) -> bool:
     return out is not None and Path(out).is_file() and not progress_files(Path(out))
 
 
+def fingerprint_digest(fingerprint: Mapping | None) -> str:
+    """Short SHA-256 of a run's fingerprint: what a finished result stores in ``meta["fingerprint"]``."""
+    text = json.dumps(fingerprint or {}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reuse_finished(out: str | os.PathLike | None, fingerprint: Mapping | None, load: Callable, *,
+                   resume: bool = False, overwrite: bool | None = None, what: str = "result"):
+    """The finished result at ``out`` to return instead of computing it again, or None to compute it.
+
+    The one resume rule of every resumable result (surfaces, lines, eigenvalue maps and the
+    stages of multi-stage commands), checked before any work:
+
+    * nothing finished at ``out``, or ``overwrite``: None (compute; an overwrite replaces the
+      old result only once the new one is saved);
+    * a finished result and ``resume``: it is loaded and returned when its
+      ``meta["fingerprint"]`` is the digest of ``fingerprint`` (same inputs), and refused with
+      :class:`ResumeError` otherwise (a result of other inputs, or one saved without a fingerprint);
+    * a finished result without ``resume`` or ``overwrite``: :class:`OutputError`.
+
+    Parameters
+    ----------
+    out : path or None
+        The result's path (no file: nothing to reuse).
+    fingerprint : mapping
+        JSON-able description of the run's inputs (as given to :func:`run_grid`).
+    load : callable
+        ``load(path) -> Result`` (``Surface.load``, ``Result.load``, ...).
+    resume, overwrite : bool
+        The run's options; ``overwrite=None`` follows :func:`overwriting`.
+    what : str
+        How messages name the result ("surface", "eigenvalue map", ...).
+
+    Returns
+    -------
+    Result or None
+    """
+    overwrite = _OVERWRITE.get() if overwrite is None else bool(overwrite)
+    if not finished(out) or overwrite:
+        return None
+    if not resume:
+        raise OutputError(f"{out} holds the finished {what} of an earlier run; pass --resume (resume=True) to reuse "
+                          "it (same inputs only) or --overwrite (overwrite=True) to replace it, or choose another "
+                          "output path.")
+    done = load(out)
+    stored = done.meta.get("fingerprint") if isinstance(getattr(done, "meta", None), dict) else None
+    if stored != fingerprint_digest(fingerprint):
+        why = ("saved without a fingerprint of its inputs" if stored is None
+               else "computed from other inputs: checkpoint, data, directions, grid or options")
+        raise ResumeError(f"{out} holds the finished {what} of another run ({why}), so --resume cannot reuse it; "
+                          "pass --overwrite (overwrite=True) to compute it again, or choose another output path.")
+    return done
+
+
 def check_output(out: str | os.PathLike | None, *, resume: bool = False, overwrite: bool = False) -> list[Path]:
     """Check that a run may write its result to ``out``; return the progress files it continues from.
 
@@ -264,7 +322,8 @@ def check_output(out: str | os.PathLike | None, *, resume: bool = False, overwri
     * the progress of an earlier run is continued only with ``resume``, discarded only with
       ``overwrite``, and otherwise refused;
     * a finished result is replaced only with ``overwrite`` (and only once the new one is
-      saved); ``resume`` has nothing to continue there and says so;
+      saved); callers with ``resume`` first offer it to :func:`reuse_finished`, so a finished
+      result that reaches this check with ``resume`` is one of no known inputs and is refused;
     * a progress file that cannot be read is reported as corrupt, before any work.
 
     Raises
@@ -288,8 +347,9 @@ def check_output(out: str | os.PathLike | None, *, resume: bool = False, overwri
                           "continue it, or --overwrite (overwrite=True) to start over.")
     if out.exists() and not existing:
         if resume:
-            raise OutputError(f"{out} is finished: there is nothing to resume. Load it with Result.load, pass "
-                              "--overwrite (overwrite=True) to compute it again, or choose another output path.")
+            raise OutputError(f"{out} is finished and this run cannot tell whether it has the same inputs; load it "
+                              "with Result.load, pass --overwrite (overwrite=True) to compute it again, or choose "
+                              "another output path.")
         raise OutputError(f"{out} holds the finished result of an earlier run; pass --overwrite (overwrite=True) "
                           "to replace it (--resume only continues an interrupted run), or choose another output path.")
     for f in existing:

@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
-import json
 import math
 import warnings
 from typing import Callable, Mapping
@@ -62,7 +60,7 @@ import torch
 from . import grid
 from .checkpoint import as_checkpoint
 from .data import as_dataset
-from .errors import ArgumentError, OutputError, ResumeError, check_choice, check_scalar, did_you_mean
+from .errors import ArgumentError, check_choice, check_scalar, did_you_mean
 from .hvp import HessianError, HessianOperator, select_parameters
 from .plane import plane_fingerprint, plane_meta, plane_setup
 from .progress import bar as progress_bar
@@ -1478,45 +1476,6 @@ def _map_chunk(op: HessianOperator, model, dirs, *, tol: float, max_iter: int, s
     return evaluate
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _check_progress(out, fingerprint: dict) -> None:
-    """Refuse a resume whose progress files were made with other settings, naming what differs.
-
-    :func:`landscape.grid.run_grid` refuses them too, with a generic message; this one says
-    which setting (the thread count, say) to restore.
-    """
-    for f in grid.progress_files(out):
-        try:
-            with np.load(f, allow_pickle=False) as npz:
-                theirs = json.loads(str(npz["__fingerprint__"]))
-        except (OSError, ValueError, KeyError):
-            return  # unreadable: run_grid reports it
-        ours = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
-        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-        if diff:
-            what = ", ".join(f"{k} ({theirs.get(k)!r} there, {ours.get(k)!r} now)" for k in diff[:3])
-            hint = (" Hessian values depend on the CPU thread count: resume with the same number of threads "
-                    "(torch.set_num_threads, OMP_NUM_THREADS or --threads)." if "threads" in diff else "")
-            raise ResumeError(f"{f} was computed with other settings: {what}.{hint} Or delete it to start over.")
-
-
-def _finished(out, fp_digest: str, resume: bool, overwrite: bool) -> EigenMap | None:
-    """A finished map at ``out`` to reuse (``resume`` and the same fingerprint), or None to compute it."""
-    if out is None or not out.exists() or overwrite:
-        return None
-    if not resume:
-        raise OutputError(f"{out} holds a finished eigenvalue map; pass resume=True (--resume) to reuse it or "
-                          "overwrite=True (--overwrite) to compute it again.")
-    done = EigenMap.load(out)
-    if done.meta.get("fingerprint") != fp_digest:
-        raise ResumeError(f"{out} holds the finished map of another run (other checkpoint, data, directions, grid or "
-                          "settings); choose another output path, or pass overwrite=True (--overwrite) to replace it.")
-    return done
-
-
 def _centre(op: HessianOperator, xs: np.ndarray, ys: np.ndarray, values: dict, *, tol: float, max_iter: int,
             seed: int) -> dict:
     """The extremes at the plane's centre ``(0, 0)``: the grid's own point there, else computed at the centre."""
@@ -1599,12 +1558,10 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
                                     criterion=str(ck.meta.get("loss") or "ce"),
                                     loss_kwargs=ck.meta.get("loss_kwargs") or {}, device=op.device.type,
                                     threads=threads)
-    fp_digest = _digest(fingerprint)
-    done = _finished(out, fp_digest, resume, overwrite)
+    done = grid.reuse_finished(out, fingerprint, EigenMap.load, resume=resume, overwrite=overwrite,
+                               what="eigenvalue map")
     if done is not None:
         return done
-    if resume and out is not None and not overwrite:
-        _check_progress(out, fingerprint)
     evaluate = _map_chunk(op, ck.model, dirs, tol=tol, max_iter=max_iter, seed=seed, warm_start=warm_start)
     values = grid.run_grid(points, evaluate, {f: () for f in _MAP_FIELDS}, out=out, fingerprint=fingerprint,
                            resume=resume, overwrite=overwrite, chunk_size=chunk_size,
@@ -1629,7 +1586,7 @@ def eigen_ratio_map(ck, data="digits", dirs=None, x=(-1.0, 1.0, 11), y=(-1.0, 1.
                                tol=tol, max_iter=max_iter, params=params if isinstance(params, str) else list(params),
                                dtype=str(dtype).replace("torch.", ""), criterion=str(ck.meta.get("loss") or "ce"),
                                warm_start=warm_start, centre=centre, non_finite=non_finite, threads=threads,
-                               fingerprint=fp_digest))
+                               fingerprint=grid.fingerprint_digest(fingerprint)))
     if non_finite:
         warnings.warn(f"{non_finite} of {lo.size} points of the eigenvalue map have a non-finite Hessian (the loss "
                       "diverges there or the weights are not finite); they are NaN.", RuntimeWarning, stacklevel=2)

@@ -7,7 +7,8 @@ re-estimated at every point on a seeded subset of the training split (``bn="reco
 Garipov et al. do along curves; see :mod:`landscape.batchnorm`); ``states`` directions move them
 along with the weights. Data too large for the device is streamed batch by batch (``stream``).
 The work goes through :func:`landscape.grid.run_grid`, so a run with ``out`` is flushed in
-chunks, resumes after a kill (``resume=True``) and is sharded over torch.distributed ranks.
+chunks, resumes after a kill (``resume=True``; a finished result of the same inputs is returned as
+it is, see :func:`landscape.grid.reuse_finished`) and is sharded over torch.distributed ranks.
 Points where the loss diverges keep their inf/NaN values; nothing crashes on them.
 
 Coordinates: ``surf.loss[j, i]`` is the value at ``(surf.x[i], surf.y[j])``.
@@ -145,33 +146,43 @@ class BatchNormOptions:
 
 
 def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarray, fields_meta: dict, *,
-              criterion, with_ce: bool, batch_size, out, resume, chunk_size, progress, desc: str,
+              criterion, with_ce: bool, batch_size, out, resume, overwrite, chunk_size, progress, desc: str,
               points_per_batch: int | None, shortcut: bool, bn: BatchNormOptions, given_data, seed: int,
-              stream: bool | None) -> dict[str, np.ndarray]:
-    """Run the grid engine over ``points`` and return ``{field: (P,)}``."""
+              stream: bool | None, load) -> tuple[Result | None, dict[str, np.ndarray]]:
+    """Run the grid engine over ``points``: ``(None, {field: (P,)})``, or ``(finished result, {})`` to reuse.
+
+    A finished result at ``out`` of the same inputs is returned under ``resume`` before any
+    evaluation (:func:`landscape.grid.reuse_finished`); ``fields_meta`` receives what the new
+    result records, its fingerprint digest included.
+    """
     crit, crit_name = _criterion(ck, criterion)
     was_training = ck.model.training
     ck.model.eval()  # a surface is always of the model in eval mode (dropout off, batchnorm running statistics)
     try:
         est = bn.estimator(ck, given_data, seed)
+        bn_meta = bn.meta(est)
+        fields = GridEvaluator.fields_of(with_ce)
+        fingerprint = plane_fingerprint(ck, data, dirs, points, "surface", criterion=crit_name,
+                                        fields=list(fields), batch_size=batch_size,
+                                        **(bn_meta if est is not None else {}))
+        done = grid.reuse_finished(out, fingerprint, load, resume=resume, overwrite=overwrite,
+                                   what="line" if points.shape[1] == 1 else "surface")
+        if done is not None:
+            return done, {}
         x, y = prepare_inputs(ck, data, stream=stream)
         ev = GridEvaluator(ck.model, crit, x, y, dirs, with_ce=with_ce, batch_size=batch_size,
                            shortcut=shortcut, points_per_batch=points_per_batch, recompute=est)
         del x  # the engine holds the inputs in the layout it runs on
-        bn_meta = bn.meta(est)
-        fingerprint = plane_fingerprint(ck, data, dirs, points, "surface", criterion=crit_name,
-                                        fields=list(ev.fields), batch_size=batch_size,
-                                        **(bn_meta if est is not None else {}))
-        fields_meta.update(criterion=crit_name, **bn_meta)
-        values = grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in ev.fields}, out=out,
-                               fingerprint=fingerprint, resume=resume, chunk_size=chunk_size,
+        fields_meta.update(criterion=crit_name, **bn_meta, fingerprint=grid.fingerprint_digest(fingerprint))
+        values = grid.run_grid(points, lambda idx, c: ev(c), {f: () for f in fields}, out=out,
+                               fingerprint=fingerprint, resume=resume, overwrite=overwrite, chunk_size=chunk_size,
                                progress=progress, desc=desc)
         # the true centre theta* (coordinates 0): a grid point of odd grids, evaluated on its own otherwise
         at_zero = np.flatnonzero(np.all(points == 0, axis=1))
         centre = ({k: v[at_zero[0]] for k, v in values.items()} if at_zero.size
                   else ev(np.zeros((1, dirs.n))))
         fields_meta.update(centre={k: float(np.asarray(v).reshape(-1)[0]) for k, v in centre.items()})
-        return values
+        return None, values
     finally:
         ck.model.train(was_training)
 
@@ -180,7 +191,8 @@ def _evaluate(ck: Checkpoint, data: Dataset, dirs: Directions, points: np.ndarra
 def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0, 1.0, 51), *,
             subset: int | None = None, seed: int = 0, criterion="train", with_ce: bool = False,
             batch_size: int | None = None, out: str | os.PathLike | None = None, resume: bool = False,
-            chunk_size: int = 64, verbose: bool | None = None, points_per_batch: int | None = None,
+            overwrite: bool | None = None, chunk_size: int = 64, verbose: bool | None = None,
+            points_per_batch: int | None = None,
             shortcut: bool = True, bn: str = "eval", bn_data=None, bn_subset: int | None = DEFAULT_BN_SUBSET,
             bn_batch_size: int = DEFAULT_BN_BATCH_SIZE, stream: bool | None = None,
             n_samples: int | None = None, progress: bool | None = None) -> Surface:
@@ -211,7 +223,12 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     out : path, optional
         Save the surface there (``.npz``); progress is flushed beside it chunk by chunk.
     resume : bool
-        Continue an interrupted run with the same ``out``.
+        Continue an interrupted run with the same ``out``; a finished surface there of the same
+        inputs is loaded and returned, not recomputed (one of other inputs is refused).
+    overwrite : bool, optional
+        Compute again and replace a finished surface (and any progress) at ``out``; without it,
+        and without ``resume``, a finished surface there is an error. Default: False, or True
+        inside :func:`landscape.grid.overwriting` (the CLI's ``--overwrite``).
     chunk_size : int
         Points per flushed chunk (and per rank under torch.distributed).
     verbose : bool or None
@@ -252,11 +269,14 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
     points = np.stack([gx.ravel(), gy.ravel()], axis=1)
     out = grid.result_path(out)
     extra: dict = {}
-    values = _evaluate(ck, data, dirs, points, extra, criterion=criterion, with_ce=with_ce, batch_size=batch_size,
-                       out=out, resume=resume, chunk_size=chunk_size, progress=progress_choice(verbose, progress),
-                       desc="surface", points_per_batch=points_per_batch, shortcut=shortcut,
-                       bn=BatchNormOptions(bn, bn_data, bn_subset, bn_batch_size), given_data=given_data, seed=seed,
-                       stream=stream)
+    done, values = _evaluate(ck, data, dirs, points, extra, criterion=criterion, with_ce=with_ce,
+                             batch_size=batch_size, out=out, resume=resume, overwrite=overwrite,
+                             chunk_size=chunk_size, progress=progress_choice(verbose, progress), desc="surface",
+                             points_per_batch=points_per_batch, shortcut=shortcut,
+                             bn=BatchNormOptions(bn, bn_data, bn_subset, bn_batch_size), given_data=given_data,
+                             seed=seed, stream=stream, load=Surface.load)
+    if done is not None:
+        return done
     shape = (len(ys), len(xs))
     surf = Surface(xs, ys, values["loss"].reshape(shape), values["accuracy"].reshape(shape),
                    values["ce_loss"].reshape(shape) if with_ce else None, dirs.vectors,
@@ -268,8 +288,9 @@ def surface(ck, data, dirs: Directions | None = None, x=(-1.0, 1.0, 51), y=(-1.0
 
 def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, subset: int | None = None,
                 seed: int = 0, criterion="train", with_ce: bool = False, batch_size: int | None = None,
-                out: str | os.PathLike | None = None, resume: bool = False, chunk_size: int = 64,
-                verbose: bool | None = None, shortcut: bool = True, dir_type: str = "weights", bn: str = "eval",
+                out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool | None = None,
+                chunk_size: int = 64, verbose: bool | None = None, shortcut: bool = True, dir_type: str = "weights",
+                bn: str = "eval",
                 bn_data=None, bn_subset: int | None = DEFAULT_BN_SUBSET, bn_batch_size: int = DEFAULT_BN_BATCH_SIZE,
                 stream: bool | None = None, n_samples: int | None = None, progress: bool | None = None) -> Curve:
     """Loss and accuracy along a line through ``ck``.
@@ -293,8 +314,8 @@ def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, subse
         statistics too, so ``t = 1`` is exactly the other checkpoint (Li et al.'s
         ``dir_type=states``); ``"weights"`` keeps those of ``ck``. Random directions are drawn
         over the same state (random ``states`` directions leave the statistics where they are).
-    subset, seed, criterion, with_ce, batch_size, out, resume, chunk_size, verbose, shortcut
-        As in :func:`surface`.
+    subset, seed, criterion, with_ce, batch_size, out, resume, overwrite, chunk_size, verbose, shortcut
+        As in :func:`surface` (a finished line of the same inputs is reused under ``resume``).
     bn, bn_data, bn_subset, bn_batch_size, stream
         As in :func:`surface`.
 
@@ -315,12 +336,14 @@ def interpolate(ck, other=None, data="digits", steps: int = 51, t=None, *, subse
     ts = axis(t if t is not None else default, "t")
     out = grid.result_path(out)
     extra: dict = {}
-    values = _evaluate(ck, data, dirs, ts[:, None], extra, criterion=criterion, with_ce=with_ce,
-                       batch_size=batch_size, out=out, resume=resume, chunk_size=chunk_size,
-                       progress=progress_choice(verbose, progress),
-                       desc="line", points_per_batch=None, shortcut=shortcut,
-                       bn=BatchNormOptions(bn, bn_data, bn_subset, bn_batch_size), given_data=given_data, seed=seed,
-                       stream=stream)
+    done, values = _evaluate(ck, data, dirs, ts[:, None], extra, criterion=criterion, with_ce=with_ce,
+                             batch_size=batch_size, out=out, resume=resume, overwrite=overwrite,
+                             chunk_size=chunk_size, progress=progress_choice(verbose, progress), desc="line",
+                             points_per_batch=None, shortcut=shortcut,
+                             bn=BatchNormOptions(bn, bn_data, bn_subset, bn_batch_size), given_data=given_data,
+                             seed=seed, stream=stream, load=Curve.load)
+    if done is not None:
+        return done
     curve = Curve(ts, values["loss"], values["accuracy"], values["ce_loss"] if with_ce else None, dirs.vectors,
                   plane_meta(ck, data, dirs, seed, steps=len(ts), t_range=[float(ts[0]), float(ts[-1])], **extra))
     grid.save_result(curve, out)

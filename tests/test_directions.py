@@ -196,3 +196,40 @@ def test_states_directions_check_the_buffers_and_survive_a_save(tmp_path, mlp, c
         back.check_model(cnn.model)
     with pytest.raises(ArgumentError, match="dir_type='state' is not one of the choices"):
         ls.random_directions(mlp.model, dir_type="state")
+
+
+def test_draws_are_pinned_and_follow_the_documented_order(zoo_path):
+    """The values of seeded directions never change silently (they are the coordinates of saved surfaces).
+
+    Reference: the documented recipe written out here, one ``torch.randn`` per tensor in float64 on
+    the CPU, every direction's parameters before any buffer, filter norms by numpy; plus values
+    pinned from the shipped mlp-ce (seed 0).
+    """
+    ck = ls.load_checkpoint(zoo_path("mlp-ce"), device="cpu")
+    dirs = ls.random_directions(ck.model, n=2, seed=0)
+    np.testing.assert_allclose(dirs.vectors[0, :4], [-0.14502586424350739, -0.02342917025089264,
+                                                     -0.06658806651830673, 0.0627397745847702], rtol=1e-6)
+    np.testing.assert_allclose(np.abs(dirs.vectors.astype(np.float64)).sum(), 1820.5078375545254, rtol=1e-6)
+
+    model = ls.models.build("cnn", input_shape=(1, 8, 8), num_classes=3, channels=(2, 3, 4))
+    states = ls.random_directions(model, n=2, seed=7, dir_type="states")
+    gen = torch.Generator().manual_seed(7)
+    params = [t.detach().double().numpy() for t in model.parameters()]
+    buffers = [b.double().numpy() for b in model.buffers() if b.is_floating_point()]
+
+    def draw(tensors):
+        out = []
+        for w in tensors:
+            d = torch.randn(w.shape, generator=gen, dtype=torch.float64).numpy()
+            if w.ndim <= 1:
+                d = np.zeros_like(d)
+            else:
+                flat, wf = d.reshape(len(d), -1), w.reshape(len(w), -1)
+                d = (flat * (np.linalg.norm(wf, axis=1) / (np.linalg.norm(flat, axis=1) + 1e-10))[:, None]).reshape(
+                    d.shape)
+            out.append(d.ravel())
+        return np.concatenate(out)
+
+    rows = [draw(params) for _ in range(2)]
+    rows = [np.concatenate([r, draw(buffers)]) for r in rows]
+    np.testing.assert_allclose(states.vectors, np.stack(rows).astype(np.float32), rtol=1e-6, atol=1e-8)

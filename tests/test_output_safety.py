@@ -56,21 +56,82 @@ def test_check_outputs_covers_figures_progress_and_data_files(tmp_path, monkeypa
         check_outputs("o", ["data"], [str(out / "data.npz")])
 
 
-def test_a_rerun_never_silently_replaces_a_finished_surface(tmp_path, capsys):
+def test_a_rerun_never_silently_replaces_a_finished_surface(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert main(["surface", str(CKPT), *SMALL, "--out", str(out)]) == 0
     before, first = _snapshot(out / "surface.npz"), Surface.load(out / "surface.npz")
     assert main(["surface", str(CKPT), *SMALL, "--seed", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "finished result" in err and "--overwrite" in err and "--resume" in err
+    assert "finished surface" in err and "--overwrite" in err and "--resume" in err
+    # --resume of other inputs (seed 1: other directions) is refused, naming the fix
     assert main(["surface", str(CKPT), *SMALL, "--seed", "1", "--resume", "--out", str(out)]) == 2
-    assert "nothing to resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "another run" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1, err
     assert _snapshot(out / "surface.npz") == before
+    # --resume of the same inputs reuses the finished surface: nothing evaluated, the file untouched
+    from landscape.evaluator import GridEvaluator
+
+    def never(self, coords):
+        raise AssertionError("a finished surface was recomputed")
+
+    monkeypatch.setattr(GridEvaluator, "__call__", never)
+    assert main(["surface", str(CKPT), *SMALL, "--resume", "--out", str(out)]) == 0
+    assert _snapshot(out / "surface.npz") == before
+    monkeypatch.undo()
     # --overwrite replaces it with the new run (seed 1: other directions, other values)
     assert main(["surface", str(CKPT), *SMALL, "--seed", "1", "--overwrite", "--out", str(out)]) == 0
     replaced = Surface.load(out / "surface.npz")
     assert replaced.meta["seed"] == 1 and first.meta["seed"] == 0
     assert not np.allclose(replaced.directions, first.directions, rtol=0, atol=1e-3)
+
+
+def test_one_resume_rule_for_surfaces_lines_and_eigenvalue_maps(tmp_path, zoo_path, digits_test, monkeypatch):
+    """``resume=True`` on a finished result of the same inputs returns it unrecomputed, whoever computed it."""
+    import landscape as ls
+    from landscape import hessian
+    from landscape.evaluator import GridEvaluator
+    from landscape.surface import Curve, interpolate
+
+    ck, data = zoo_path("mlp-ce"), digits_test.subset(20, seed=0)
+    kw = dict(x=(-1, 1, 2), y=(-1, 1, 2), verbose=False)
+    surf = surface(ck, data, out=tmp_path / "s.npz", **kw)
+    line = interpolate(ck, None, data, steps=3, out=tmp_path / "l.npz", verbose=False)
+    emap = ls.eigen_ratio_map(ck, data, surf.dirs, out=tmp_path / "m.npz", chunk_size=2, **kw)
+    for result in (surf, line, emap):  # every finished result records its inputs' fingerprint
+        assert isinstance(result.meta["fingerprint"], str) and len(result.meta["fingerprint"]) == 16
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished result was recomputed")
+
+    monkeypatch.setattr(GridEvaluator, "__call__", never)
+    monkeypatch.setattr(hessian, "_map_chunk", never)
+    np.testing.assert_array_equal(surface(ck, data, out=tmp_path / "s.npz", resume=True, **kw).loss, surf.loss)
+    again = interpolate(ck, None, data, steps=3, out=tmp_path / "l.npz", resume=True, verbose=False)
+    assert isinstance(again, Curve)
+    np.testing.assert_array_equal(again.loss, line.loss)
+    np.testing.assert_array_equal(ls.eigen_ratio_map(ck, data, surf.dirs, out=tmp_path / "m.npz", chunk_size=2,
+                                                     resume=True, **kw).lam_max, emap.lam_max)
+    # other inputs (another grid, another line, another tolerance) are refused, the same way for all three
+    with pytest.raises(ResumeError, match="another run.*overwrite=True"):
+        surface(ck, data, out=tmp_path / "s.npz", resume=True, x=(-1, 1, 3), y=(-1, 1, 2), verbose=False)
+    with pytest.raises(ResumeError, match="another run.*overwrite=True"):
+        interpolate(ck, None, data, steps=4, out=tmp_path / "l.npz", resume=True, verbose=False)
+    with pytest.raises(ResumeError, match="another run.*overwrite=True"):
+        ls.eigen_ratio_map(ck, data, surf.dirs, out=tmp_path / "m.npz", chunk_size=2, resume=True, tol=1e-2, **kw)
+    # without resume or overwrite a finished result is refused as before
+    for call in (lambda: surface(ck, data, out=tmp_path / "s.npz", **kw),
+                 lambda: interpolate(ck, None, data, steps=3, out=tmp_path / "l.npz", verbose=False),
+                 lambda: ls.eigen_ratio_map(ck, data, surf.dirs, out=tmp_path / "m.npz", chunk_size=2, **kw)):
+        with pytest.raises(OutputError, match="--resume.*--overwrite"):
+            call()
+    # a finished result saved without a fingerprint (an older version's) cannot be vouched for
+    del surf.meta["fingerprint"]
+    surf.save(tmp_path / "old.npz")
+    with pytest.raises(ResumeError, match="without a fingerprint"):
+        surface(ck, data, out=tmp_path / "old.npz", resume=True, **kw)
+    monkeypatch.undo()
+    with grid.overwriting():  # the CLI's --overwrite replaces it
+        assert surface(ck, data, out=tmp_path / "old.npz", resume=True, **kw).meta["fingerprint"]
 
 
 def test_the_engine_refuses_for_surfaces_and_eigenvalue_maps_alike(tmp_path, zoo_path, digits_test):
@@ -80,6 +141,8 @@ def test_the_engine_refuses_for_surfaces_and_eigenvalue_maps_alike(tmp_path, zoo
     first = surface(zoo_path("mlp-ce"), data, x=(-1, 1, 2), y=(-1, 1, 2), out=out, verbose=False)
     with pytest.raises(OutputError, match="overwrite=True"):
         surface(zoo_path("mlp-ce"), data, x=(-1, 1, 3), y=(-1, 1, 3), out=out, verbose=False)
+    with pytest.raises(ResumeError, match="another run"):  # resume: other inputs (a 3 x 3 grid)
+        surface(zoo_path("mlp-ce"), data, x=(-1, 1, 3), y=(-1, 1, 3), out=out, resume=True, verbose=False)
     np.testing.assert_array_equal(Surface.load(out).loss, first.loss)
     with grid.overwriting():
         again = surface(zoo_path("mlp-ce"), data, x=(-1, 1, 3), y=(-1, 1, 3), out=out, verbose=False)
@@ -94,6 +157,8 @@ def test_the_engine_refuses_for_surfaces_and_eigenvalue_maps_alike(tmp_path, zoo
     target.write_bytes(b"finished")
     with pytest.raises(OutputError, match="finished result"):
         grid.run_grid(points, evaluate, {"v": ()}, out=target)
+    with pytest.raises(OutputError, match="cannot tell whether it has the same inputs"):
+        grid.run_grid(points, evaluate, {"v": ()}, out=target, resume=True)  # run_grid alone has no result to give
     values = grid.run_grid(points, evaluate, {"v": ()}, out=target, overwrite=True)
     np.testing.assert_array_equal(values["v"], [1.0, 5.0, 9.0, 13.0])
     assert target.read_bytes() == b"finished"  # replaced only when the caller saves the new result

@@ -318,3 +318,36 @@ def test_surface_takes_a_plain_module_and_any_form_of_data(mlp, digits_test):
     np.testing.assert_allclose(by_name.loss, ref.loss, rtol=1e-6)
     with pytest.raises(ls.errors.DatasetError, match="integer class indices"):
         surface(net, (x, y.float()), dirs, **grid)
+
+
+@pytest.mark.parametrize("arch,shape,extra", [("mlp", (1, 8, 8), {}), ("resnet20", (3, 16, 16), {}),
+                                              ("resnet20", (3, 16, 16), {"stream": True}),
+                                              ("resnet20", (3, 16, 16), {"bn": "recompute"})])
+def test_a_float64_module_gets_a_float64_surface(arch, shape, extra):
+    """A float64 nn.Module used to fail (float32 inputs); its surface is its own float64 loss at every point.
+
+    Reference: a deep copy whose weights are set to theta* + a d1 + b d2 in float64, evaluated by
+    plain cross-entropy in float64 (with its statistics re-estimated by torch.optim.swa_utils.update_bn
+    for bn="recompute"); 1e-10 relative, which a float32 evaluation (errors ~1e-7) cannot meet.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    torch.manual_seed(0)
+    model = ls.models.build(arch, input_shape=shape, num_classes=4).double().eval()
+    # inputs a Dataset holds exactly (it stores float32), so the reference sees the same numbers
+    x, y = torch.randn(12, *shape).double(), torch.arange(12) % 4
+    dirs = ls.random_directions(model, n=2, seed=3)
+    coords = [-0.5, 0.0, 0.5]
+    bn = dict(bn_data=(x, y), bn_subset=None, bn_batch_size=4) if extra.get("bn") else {}
+    surf = surface(model, (x, y), dirs, x=coords, y=coords, verbose=False, **extra, **bn)
+    assert surf.loss.dtype == np.float64
+    for j, b in enumerate(coords):
+        for i, a in enumerate(coords):
+            moved = copy.deepcopy(model)
+            moved.load_state_dict(offset_parameters(model, dirs, (a, b)), strict=False)
+            if extra.get("bn"):
+                update_bn([(x[k:k + 4],) for k in range(0, 12, 4)], moved)
+            moved.eval()
+            with torch.no_grad():
+                want = float(F.cross_entropy(moved(x), y))
+            assert surf.loss[j, i] == pytest.approx(want, rel=1e-10, abs=1e-12), (a, b)

@@ -170,3 +170,29 @@ def test_gpu_check_reports_a_failed_step_and_runs_the_others(monkeypatch, capsys
     assert out.count("engine (16/launch)") == 2  # both surface benches made it into the table
     budget = sum(s.timeout_s for s in gc.steps("python", ROOT))
     assert budget <= gc.BUDGET_S <= 300
+
+
+def test_gpu_check_steps_name_only_options_that_exist(tmp_path):
+    """Every bench command line of make gpu-check parses with the real CLI (a typo would fail on the GPU box).
+
+    The commands were also run on the CPU (``--device cpu``, tiny sizes) and their JSON read by
+    ``rows_of``; that takes minutes on a 2-core machine, so the test checks the parse only.
+    """
+    import argparse
+
+    from viz.cli import build_parser
+
+    gc = _gpu_check()
+    parser = build_parser()
+    steps = gc.steps(sys.executable, tmp_path)
+    benches = [s for s in steps if s.kind in ("surface", "hessian")]
+    assert [s.name for s in benches] == ["surface mlp", "surface resnet20", "hessian mlp", "hessian resnet20"]
+    for step in benches:
+        assert step.argv[1:4] == ["-m", "viz.cli", "bench"], step.argv
+        try:
+            args = parser.parse_args(step.argv[3:])
+        except SystemExit as exc:  # argparse's way of refusing an option
+            raise AssertionError(f"{step.name}: {' '.join(step.argv[3:])} does not parse") from exc
+        assert isinstance(args, argparse.Namespace) and args.device == "cuda" and args.json == str(step.json_path)
+        assert args.kind == step.kind
+    assert any(s.kind == "tests" and "gpu" in s.argv for s in steps)

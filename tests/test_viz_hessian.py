@@ -313,7 +313,7 @@ def test_cli_grid_one_with_density_plots(tmp_path, tiny_checkpoint):
 
 
 def test_cli_stages_resume_independently_and_finished_runs_are_kept(tmp_path, tiny_checkpoint, monkeypatch, capsys):
-    import sys
+    import importlib
 
     from landscape import hessian
 
@@ -321,7 +321,7 @@ def test_cli_stages_resume_independently_and_finished_runs_are_kept(tmp_path, ti
     out = tmp_path / "r"
     args = ["hessian", str(path), "--grid", "2", "--subset", "30", "--contour-grid", "3", "--out", str(out),
             "--quiet", "--no-plots"]
-    surface_module = sys.modules["landscape.surface"]
+    surface_module = importlib.import_module("landscape.surface")  # the module (ls.surface is the function)
     real_surface = surface_module.surface
 
     def killed(*a, **k):
@@ -347,6 +347,36 @@ def test_cli_stages_resume_independently_and_finished_runs_are_kept(tmp_path, ti
     assert "--resume" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
     monkeypatch.undo()
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_cli_centre_stages_follow_the_one_resume_rule(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    """Density, trace, layer spectra and eigenvectors: reused under --resume when their inputs match, else refused."""
+    from landscape import hessian
+
+    path = tiny_checkpoint("mlp", hidden=[8], epochs=2)
+    out = tmp_path / "c"
+    args = ["hessian", str(path), "--grid", "1", "--contour-grid", "0", "--density", "--probes", "1", "--layers",
+            "--eigvecs", "--subset", "30", "--out", str(out), "--quiet", "--no-plots"]
+    assert main(args) == 0
+    files = [out / name for name in ("eigenmap.npz", "density.npz", "trace.npz", "layers.npz", "eigvecs.npz")]
+    for f in files[1:]:
+        assert isinstance(ls.Result.load(f).meta["fingerprint"], str)
+    before = [f.stat().st_mtime_ns for f in files]
+
+    def never(*a, **k):
+        raise AssertionError("a finished stage was recomputed")
+
+    for name in ("spectral_density", "hessian_trace", "layer_spectra", "hessian_directions"):
+        monkeypatch.setattr(ls, name, never)
+    monkeypatch.setattr(hessian, "_map_chunk", never)
+    assert main(args + ["--resume"]) == 0
+    assert [f.stat().st_mtime_ns for f in files] == before  # nothing recomputed or rewritten
+    capsys.readouterr()
+    other = [a if a != "1" or i != args.index("--probes") + 1 else "2" for i, a in enumerate(args)]
+    assert main(other + ["--resume"]) == 2  # the density of 2 probes is not the finished one of 1
+    err = capsys.readouterr().err
+    assert "density.npz" in err and "another run" in err and "--overwrite" in err
+    assert [f.stat().st_mtime_ns for f in files] == before
 
 
 def test_cli_non_finite_weights_give_nan_maps_not_tracebacks(tmp_path, tiny_checkpoint, capsys):

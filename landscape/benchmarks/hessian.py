@@ -153,20 +153,23 @@ class LiHessian:
         return LinearOperator((self.size, self.size), matvec=self.matvec, rmatvec=self.matvec, dtype=np.float64)
 
 
-def li_eigsh(A, vectors: bool = False):
+def li_eigsh(A, vectors: bool = False, seed: int = 0):
     """Li et al.'s recipe (``plot_hessian_eigen.py``): eigsh LM at tol 1e-2, then on ``H - 0.51 lambda_max I``.
 
     ``A`` is anything with ``to_scipy()``. Returns ``(lam_min, lam_max)``, and with ``vectors``
-    also the unit Ritz vectors ``(u_min, u_max)``.
+    also the unit Ritz vectors ``(u_min, u_max)``. Li et al. leave ARPACK's start vector random; its
+    generator keeps state across calls in one process, so the result depended on what ran before:
+    here both runs start from a seeded Gaussian vector (``seed``).
     """
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     S = A.to_scipy()
-    vals, vecs = eigsh(S, k=1, which="LM", tol=1e-2)
+    v0 = np.random.default_rng(seed).standard_normal(S.shape[0])
+    vals, vecs = eigsh(S, k=1, which="LM", tol=1e-2, v0=v0)
     lam_max, u_max = float(vals[0]), vecs[:, 0]
     shift = 0.51 * lam_max
     shifted = LinearOperator(S.shape, matvec=lambda v: S.matvec(v) - shift * np.ravel(v), dtype=np.float64)
-    vals, vecs = eigsh(shifted, k=1, which="LM", tol=1e-2)
+    vals, vecs = eigsh(shifted, k=1, which="LM", tol=1e-2, v0=v0)
     lam_min = float(vals[0]) + shift
     return (lam_min, lam_max, vecs[:, 0], u_max) if vectors else (lam_min, lam_max)
 

@@ -88,18 +88,26 @@ def _refuse_overwrite(out: Path, stages: list[str], args) -> None:
                           "--overwrite to compute them again.")
 
 
-def _reuse(path: Path, args, expect: dict):
-    """The result at ``path`` when --resume is given and it was made with the same inputs ``expect``, else None."""
-    if not args.resume or getattr(args, "overwrite", False) or not path.exists():
-        return None
+def _stage(path: Path, args, fingerprint: dict, compute, what: str):
+    """A stage's result: under --resume the finished one at ``path`` when it has the same inputs, else computed.
+
+    The resume rule is :func:`landscape.grid.reuse_finished`, the one of surfaces and maps; a
+    computed result records the digest of ``fingerprint`` in its meta and is saved at ``path``.
+    """
+    from landscape import grid
     from landscape.results import Result
 
-    result = Result.load(path)
-    return result if all(result.meta.get(k) == v for k, v in expect.items()) else None
+    done = grid.reuse_finished(path, fingerprint, Result.load, resume=args.resume,
+                               overwrite=getattr(args, "overwrite", False), what=what)
+    if done is not None:
+        return done
+    result = compute()
+    result.meta["fingerprint"] = grid.fingerprint_digest(fingerprint)
+    result.save(path)
+    return result
 
 
 def run(args) -> int:
-    import numpy as np
     import torch
 
     import landscape as ls
@@ -123,20 +131,14 @@ def run(args) -> int:
                               out=out / OUTPUTS["map"], resume=args.resume, overwrite=overwrite,
                               chunk_size=args.chunk_size, verbose=verbose)
     surf = None
-    if "surface" in stages:
+    if "surface" in stages:  # a finished contour surface of the same inputs is reused under --resume
         gx, gy = (*xr, args.contour_grid), (*yr, args.contour_grid)
-        surf = _reuse(out / OUTPUTS["surface"], args, {"digest": ck.digest, "data": data.name, "seed": args.seed,
-                                                        "grid": [args.contour_grid] * 2,
-                                                        "x_range": list(xr), "y_range": list(yr)})
-        if surf is not None and not np.array_equal(surf.directions, dirs.vectors, equal_nan=True):
-            surf = None
-        if surf is None:
-            surf = ls.surface(ck, data, dirs, x=gx, y=gy, seed=args.seed, out=out / OUTPUTS["surface"],
-                              resume=args.resume, verbose=verbose)
+        surf = ls.surface(ck, data, dirs, x=gx, y=gy, seed=args.seed, out=out / OUTPUTS["surface"],
+                          resume=args.resume, overwrite=overwrite, verbose=verbose)
     if rank != 0:
         return 0
     written = [out / OUTPUTS[s] for s in ("map", "surface") if s in stages]
-    options = {"digest": ck.digest, "data": data.name, "seed": args.seed, "dtype": str(dtype).replace("torch.", "")}
+    options = _inputs(ck, data, args, dtype)
     if args.density:
         written += _density(ck, data, args, dtype, out, options)
     if args.layers:
@@ -163,17 +165,27 @@ def _summary(ck, data, emap, nx: int, ny: int) -> None:
           f"point, {int((~emap.converged).sum())} unconverged" + (f", {bad} non-finite (NaN)" if bad else ""))
 
 
+def _inputs(ck, data, args, dtype) -> dict:
+    """What the centre stages (density, trace, layers, eigenvectors) are computed from: their fingerprint."""
+    import torch
+
+    from landscape.grid import array_digest
+
+    return {"checkpoint": ck.digest, "data": data.name, "n": len(data), "labels": array_digest(data.y),
+            "seed": args.seed, "dtype": str(dtype).replace("torch.", ""), "params": args.params,
+            "batch_size": args.batch_size, "device": ck.device.type,
+            "threads": torch.get_num_threads() if ck.device.type == "cpu" else None}
+
+
 def _density(ck, data, args, dtype, out: Path, options: dict) -> list[Path]:
     import landscape as ls
 
     common = dict(seed=args.seed, params=args.params, dtype=dtype, batch_size=args.batch_size)
-    dens = _reuse(out / OUTPUTS["density"], args, {**options, "n_probes": args.probes, "params": args.params})
-    if dens is None:
-        dens = ls.spectral_density(ck, data, n_probes=args.probes, **common)
-    trace = _reuse(out / OUTPUTS["trace"], args, {**options, "params": args.params})
-    if trace is None:
-        trace = ls.hessian_trace(ck, data, **common)
-    written = [dens.save(out / OUTPUTS["density"]), trace.save(out / OUTPUTS["trace"])]
+    dens = _stage(out / OUTPUTS["density"], args, {**options, "stage": "density", "n_probes": args.probes},
+                  lambda: ls.spectral_density(ck, data, n_probes=args.probes, **common), "spectral density")
+    trace = _stage(out / OUTPUTS["trace"], args, {**options, "stage": "trace"},
+                   lambda: ls.hessian_trace(ck, data, **common), "trace")
+    written = [out / OUTPUTS["density"], out / OUTPUTS["trace"]]
     if not args.no_plots:
         from viz.hessian import spectral_density
 
@@ -188,11 +200,12 @@ def _density(ck, data, args, dtype, out: Path, options: dict) -> list[Path]:
 def _layers(ck, data, args, dtype, out: Path, options: dict) -> list[Path]:
     import landscape as ls
 
-    spectra = _reuse(out / OUTPUTS["layers"], args, options)
-    if spectra is None:
-        spectra = ls.layer_spectra(ck, data, seed=args.seed, dtype=dtype, batch_size=args.batch_size, tol=args.tol,
-                                   max_iter=args.max_iter, verbose=False if args.quiet else None)
-    written = [spectra.save(out / OUTPUTS["layers"])]
+    spectra = _stage(out / OUTPUTS["layers"], args,
+                     {**options, "stage": "layers", "tol": args.tol, "max_iter": args.max_iter},
+                     lambda: ls.layer_spectra(ck, data, seed=args.seed, dtype=dtype, batch_size=args.batch_size,
+                                              tol=args.tol, max_iter=args.max_iter,
+                                              verbose=False if args.quiet else None), "layer spectra")
+    written = [out / OUTPUTS["layers"]]
     if not args.no_plots:
         from viz.hessian import layer_spectra, layer_table
 
@@ -208,12 +221,12 @@ def _layers(ck, data, args, dtype, out: Path, options: dict) -> list[Path]:
 def _eigvecs(ck, data, args, dtype, out: Path, options: dict) -> list[Path]:
     import landscape as ls
 
-    dirs = _reuse(out / OUTPUTS["eigvecs"], args, {**options, "params": args.params})
-    if dirs is None:
-        dirs = ls.hessian_directions(ck, data, k=2, which="BE", seed=args.seed, params=args.params, dtype=dtype,
-                                     batch_size=args.batch_size, tol=args.tol)
+    dirs = _stage(out / OUTPUTS["eigvecs"], args, {**options, "stage": "eigvecs", "tol": args.tol},
+                  lambda: ls.hessian_directions(ck, data, k=2, which="BE", seed=args.seed, params=args.params,
+                                                dtype=dtype, batch_size=args.batch_size, tol=args.tol),
+                  "eigenvector directions")
     if not args.quiet:
         lam = dirs.meta["eigenvalues"]
         print(f"{ck.name}: eigenvectors v_max (lambda {lam[0]:.4g}) and v_min (lambda {lam[1]:.4g}) saved; draw the "
               f"loss along them with `landscape surface {args.checkpoint} --dirs {out / OUTPUTS['eigvecs']}`")
-    return [dirs.save(out / OUTPUTS["eigvecs"])]
+    return [out / OUTPUTS["eigvecs"]]
