@@ -365,19 +365,13 @@ class PathEvaluator:
 
     def values(self, t: float) -> dict[str, float]:
         """Loss and accuracy on every split at ``t`` (eval mode, no gradients)."""
-        from torch.func import functional_call
+        from .objective import batches_of, mean_over_batches
 
         state = {f"model.{k}": v for k, v in self.state(t).items()}
         out = {}
-        with torch.no_grad():
-            for split, (x, y) in self.data.items():
-                bs = len(y) if self.batch_size is None else self.batch_size
-                total, correct = 0.0, 0
-                for i in range(0, len(y), bs):
-                    loss, right = functional_call(self.objective, state, (x[i:i + bs], y[i:i + bs]), strict=False)
-                    total += float(loss) * len(y[i:i + bs])
-                    correct += int(right)
-                out[f"{split}_loss"], out[f"{split}_accuracy"] = total / len(y), correct / len(y)
+        for split, (x, y) in self.data.items():
+            out[f"{split}_loss"], out[f"{split}_accuracy"] = mean_over_batches(
+                self.objective, batches_of(x, y, self.batch_size), state)
         return out
 
     def __call__(self, idx: np.ndarray, coords: np.ndarray) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ convention); anything else is refused with a message asking for ``output=``.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Union
 
 import torch
@@ -169,6 +169,34 @@ class Objective(nn.Module):
         return (loss, correct, F.cross_entropy(logits, y)) if self.with_ce else (loss, correct)
 
 
+def mean_over_batches(objective: Objective, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                      state: Mapping[str, torch.Tensor] | None = None, *, grad: bool = False):
+    """Mean loss (weighted by batch size) and accuracy of ``objective`` over ``batches``, at weights ``state``.
+
+    The one accumulation behind :func:`evaluate`, mode connectivity and sharpness. ``objective``
+    is an :class:`Objective` with ``metrics=True``; ``state`` (``model.<name>`` keys) is swapped
+    in with ``torch.func.functional_call`` (None: the module's own weights). With ``grad`` the
+    mean loss is a tensor that keeps its graph, else a float.
+    """
+    from torch.func import functional_call
+
+    total, correct, count = 0.0, 0, 0
+    with torch.set_grad_enabled(grad):
+        for xb, yb in batches:
+            loss, right = (objective(xb, yb) if state is None
+                           else functional_call(objective, dict(state), (xb, yb), strict=False))
+            total = total + (loss * len(yb) if grad else float(loss) * len(yb))
+            correct += int(right)
+            count += len(yb)
+    return total / count, correct / count
+
+
+def batches_of(x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None):
+    """``(x, y)`` cut into consecutive batches of ``batch_size`` (None: one batch)."""
+    bs = len(y) if batch_size is None else int(batch_size)
+    return ((x[i:i + bs], y[i:i + bs]) for i in range(0, len(y), bs))
+
+
 def evaluate(model: nn.Module, criterion: nn.Module, x: torch.Tensor, y: torch.Tensor,
              batch_size: int | None = None) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` on ``(x, y)`` without gradients.
@@ -177,12 +205,5 @@ def evaluate(model: nn.Module, criterion: nn.Module, x: torch.Tensor, y: torch.T
     the full-batch loss for every loss that is a mean over samples (batch-adaptive margins
     such as MAM-SoftMax see each batch on its own, as in training).
     """
-    n = len(y)
-    bs = n if batch_size is None else int(batch_size)
-    total, correct = 0.0, 0
     with torch.inference_mode():
-        for i in range(0, n, bs):
-            loss, logits = loss_and_logits(model, criterion, x[i:i + bs], y[i:i + bs])
-            total += float(loss) * len(y[i:i + bs])
-            correct += int((logits.argmax(1) == y[i:i + bs]).sum())
-    return total / n, correct / n
+        return mean_over_batches(Objective(model, criterion, metrics=True), batches_of(x, y, batch_size))

@@ -171,24 +171,17 @@ class Problem:
         return state
 
     def evaluate(self, flat: torch.Tensor, batches: Sequence[int] | None = None,
-                 grad: bool = False) -> tuple[torch.Tensor, float]:
+                 grad: bool = False) -> tuple[torch.Tensor | float, float]:
         """Mean loss (weighted by batch size) and accuracy at weights ``flat`` over ``batches`` (default all).
 
         With ``grad`` the loss keeps its graph to ``flat``.
         """
-        from torch.func import functional_call
+        from .objective import mean_over_batches
 
         chosen = range(len(self.batches)) if batches is None else batches
-        total, correct, count = 0.0, 0, 0
         with torch.set_grad_enabled(grad):
             state = self._state(flat)
-            for b in chosen:
-                xb, yb = self.batches[b]
-                loss, right = functional_call(self.objective, state, (xb, yb), strict=False)
-                total = total + loss * len(yb)
-                correct += int(right)
-                count += len(yb)
-        return total / count, correct / count
+        return mean_over_batches(self.objective, (self.batches[b] for b in chosen), state, grad=grad)
 
     def loss(self, flat: torch.Tensor, batches: Sequence[int] | None = None) -> float:
         """Mean loss at ``flat`` (no graph)."""
