@@ -426,3 +426,35 @@ def test_cuda_products_equal_the_cpu_float64_products(tiny):
         assert torch.linalg.matrix_norm(hv - ref) <= tol * torch.linalg.matrix_norm(ref)
     G = GGNOperator.from_checkpoint(gpu, data, dtype=torch.float64).matmat(V).cpu()
     assert torch.allclose(G, GGNOperator.from_checkpoint(ck, data, dtype=torch.float64).matmat(V), atol=1e-12)
+
+
+def test_wide_bfloat16_convolutions_run_in_float32_under_the_guard():
+    from landscape.hvp import WIDE_KERNEL, FloatWideConvolutions
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, 12, 12, generator=gen).to(torch.bfloat16)
+    wide = torch.randn(8, 8, WIDE_KERNEL + 1, WIDE_KERNEL + 1, generator=gen).to(torch.bfloat16)
+    narrow = torch.randn(8, 8, 3, 3, generator=gen).to(torch.bfloat16)
+    with FloatWideConvolutions():
+        got_wide = torch.nn.functional.conv2d(x, wide, padding=1)
+        got_narrow = torch.nn.functional.conv2d(x, narrow, padding=1)
+    assert got_wide.dtype == got_narrow.dtype == torch.bfloat16
+    # the wide one is the float32 convolution rounded once; the narrow one is untouched
+    assert torch.equal(got_wide, torch.nn.functional.conv2d(x.float(), wide.float(), padding=1).to(torch.bfloat16))
+    assert torch.equal(got_narrow, torch.nn.functional.conv2d(x, narrow, padding=1))
+    ref = torch.nn.functional.conv2d(x.double(), wide.double(), padding=1)
+    assert float((got_wide.double() - ref).norm() / ref.norm()) < 5e-3  # bfloat16 rounding of the output
+
+
+def test_bfloat16_products_of_a_two_convolution_net_are_close_to_float64():
+    # the cross term H[w2, w1] v1 goes through a convolution whose kernel is the 16x16 activation map
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    x, y = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    crit = nn.CrossEntropyLoss()
+    exact = HessianOperator(net.double(), crit, x.double(), y, dtype=torch.float64)
+    v = torch.randn(exact.size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = exact.matvec(v)
+    got = HessianOperator(net.float(), crit, x, y, dtype=torch.bfloat16).matvec(v.float()).double()
+    assert float((got - ref).norm() / ref.norm()) < 0.05
