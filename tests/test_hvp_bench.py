@@ -92,3 +92,19 @@ def test_map_scores_every_method_against_the_dense_truth(tiny_checkpoint):
     assert rows["li-eigsh"]["max_ratio_error"] <= 0.05 and rows["li-eigsh"]["max_lam_max_error"] <= 1e-2
     assert np.isnan(rows["pyhessian"]["max_ratio_error"]) and rows["pyhessian"]["max_lam_max_error"] <= 0.05
     assert rows["engine"]["hvps"] < rows["engine-cold"]["hvps"] < rows["li-eigsh"]["hvps"]
+
+
+def test_products_table_prints_ratios_to_a_forward_pass_and_a_gradient():
+    from viz.commands.bench import format_hessian
+
+    rows = [{"method": "forward pass (model(x), no grad)", "seconds": 0.5, "median": 0.5, "vectors": 0},
+            {"method": "gradient (forward + backward)", "seconds": 1.5, "median": 1.6, "vectors": 0},
+            {"method": "landscape: cached product", "seconds": 3.0, "median": 3.1, "vectors": 1},
+            {"method": "pyhessian: cached product", "seconds": 4.0, "median": 4.0, "vectors": 1}]
+    setup = {"model": "m", "parameters": 10, "data": "d", "device": "cpu", "threads": 1, "torch": "x", "rounds": 1}
+    out = format_hessian({"setup": setup, "products": {"rows": rows, "folded": True, "forward": 0.5, "gradient": 1.5,
+                                                       "pyhessian": 4.0, "pyhessian_first": None,
+                                                       "linearize_setup": 2.0, "wall": 9.0}})
+    line = next(ln for ln in out.splitlines() if ln.startswith("landscape: cached product"))
+    assert line.split()[-3:] == ["6.00x", "2.00x", "0.75x"]  # x forward, x gradient, x pyhessian
+    assert "a gradient costs 3.00x a forward pass" in out and "6.00x a forward pass, is its floor" in out

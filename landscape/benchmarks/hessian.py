@@ -10,7 +10,9 @@
   which keeps the primal pass but traces once per point), of pyhessian (its set-up plus first
   product, then cached ones) and of Li et al.'s product (``hess_vec_prod.py``: forward pass and
   gradient graph rebuilt for every product over a DataLoader), as ratios to a plain forward pass
-  and to pyhessian's cached product;
+  to a gradient (an exact HVP is the derivative of a gradient along ``v``: double backward and
+  forward-over-reverse both cost about two gradients, which is why a product costs several
+  forward passes) and to pyhessian's cached product;
 * **extremes** at the centre: the toolkit's Lanczos (:func:`landscape.hessian.extremes`), Li et
   al.'s recipe (``scipy.sparse.linalg.eigsh`` at tol 1e-2 on their product, then on
   ``H - 0.51 lambda_max I``) and pyhessian's power iteration (``lambda_max`` only): wall time,
@@ -328,7 +330,8 @@ def _products(ctx: dict) -> dict:
     for name, (_, vectors) in rows.items():
         ts = np.array(times[name]) / max(vectors, 1)
         out.append({"method": name, "seconds": float(ts.min()), "median": float(np.median(ts)), "vectors": vectors})
-    return {"rows": out, "folded": op.folded, "forward": out[0]["seconds"], "linearize_setup": linearize_setup,
+    return {"rows": out, "folded": op.folded, "forward": out[0]["seconds"], "gradient": out[1]["seconds"],
+            "linearize_setup": linearize_setup,
             "pyhessian": next((r["seconds"] for r in out if r["method"] == "pyhessian: cached product"), None),
             "pyhessian_first": next((r["seconds"] for r in out if r["method"].startswith("pyhessian: first")), None)}
 

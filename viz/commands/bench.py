@@ -117,18 +117,20 @@ def format_hessian(result: dict) -> str:
              f"{s['rounds']} interleaved rounds (median in brackets)"]
     if "products" in result:
         p = result["products"]
-        fwd, ph, ph1 = p["forward"], p["pyhessian"], p["pyhessian_first"]
+        fwd, grad, ph, ph1 = p["forward"], p["gradient"], p["pyhessian"], p["pyhessian_first"]
         lines += ["", f"products (batchnorm folded: {p['folded']})",
                   f"{'method':58s} {'s/HVP':>9s} {'(median)':>9s} {'HVP/s':>7s} {'x forward':>10s} "
-                  f"{'x pyhessian':>12s}"]
+                  f"{'x gradient':>11s} {'x pyhessian':>12s}"]
         for r in p["rows"]:
             per = r["seconds"]
             ref = ph1 if r["method"].startswith(("landscape: first", "pyhessian: first")) else ph
             rate = f"{1 / per:7.2f}" if r["vectors"] else " " * 7
             lines.append(f"{r['method']:58s} {per:9.4f} {r['median']:9.4f} {rate} {_ratio(per, fwd):>10s} "
-                         f"{(_ratio(per, ref) if r['vectors'] else ''):>12s}")
+                         f"{_ratio(per, grad):>11s} {(_ratio(per, ref) if r['vectors'] else ''):>12s}")
         lines.append("(first-product rows are compared with pyhessian's first product, the others with its cached "
                      f"one; linearize traced for {p['linearize_setup']:.1f} s before its first product)")
+        lines.append(f"(a gradient costs {_ratio(grad, fwd)} a forward pass here; an exact product differentiates a "
+                     f"gradient, so about two gradients, {_ratio(2 * grad, fwd)} a forward pass, is its floor)")
     if "extremes" in result:
         lines += ["", "extremes at the centre (residual ||Hu - theta u|| / |lambda_max| from extra untimed products)",
                   f"{'method':42s} {'seconds':>9s} {'HVPs':>5s} {'lambda_min':>11s} {'lambda_max':>11s} "
