@@ -56,6 +56,14 @@ samples), and falls back to the plain path if a model does something the algebra
 (a layer's output reused elsewhere, tied weights). Every point is computed by the same operations
 whatever else is evaluated, so chunked, resumed and sharded runs give identical values.
 
+Memory: beyond the inputs (held once, in the layout the model runs in) the engine holds
+``n_dirs + 2`` flat vectors (centre, directions, point: each one model, with the shortcut's
+parts in them where it is used) and one forward piece of activations; the self-check adds one
+offset copy of the moving weights and one piece while it runs. Segments are copied into the
+flat vectors one part at a time. Allocations counted by ``landscape bench surface`` on 256
+images: ResNet-20 18.2 MB, VGG-11 197 MB at construction (292 MB when every folded segment was
+built before the concatenation), the digits mlp 1.25 MB.
+
 Batchnorm statistics at moved weights: ``recompute=`` takes a
 :class:`landscape.batchnorm.StatisticsEstimator`; before each point the running statistics are
 re-estimated at that point's weights and the point is evaluated in eval mode with them (folding
