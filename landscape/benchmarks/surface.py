@@ -27,9 +27,28 @@ timing, meaningless as values (the output says so).
 
 Reported per method: seconds per point, effective GFLOP/s (forward FLOPs of the full model per
 point, counted by ``torch.utils.flop_counter``, even where the engine's shortcuts skip some),
-the % of a float32 matmul peak measured in the same run, the peak memory above the start of the
-run (CUDA: allocator peak; CPU: resident set sampled every millisecond), the speed-up of the
-engine over it, and the projected time of a 51 x 51 surface on 10,000 images. Benchmarks never
+the % of a float32 matmul peak measured in the same run, the speed-up of the engine over it,
+the projected time of a 51 x 51 surface on 10,000 images, and its peak memory.
+
+Memory is measured after the timed rounds, in one more untimed call of each method, so every
+method has already run once (library pages, oneDNN's kernels, allocator arenas and lazily
+imported modules are paid by then, and not blamed on whichever method happened to run first);
+each call starts from the same state: the model, the bench's prepared inputs and the directions
+are held, freed heap is handed back (``malloc_trim``), and only what the call adds is counted.
+On the CPU two figures are taken: **allocations**, the exact peak of the bytes of live torch
+tensors during the call, from the allocation and free events of ``torch.profiler`` (a second
+call: the profiler's own records would distort the other figure), and the **resident set**
+sampled every millisecond, which also counts Python objects and the allocator's slack. On CUDA
+the allocator's peak is both. The engine takes a :class:`landscape.Dataset` and prepares its
+own copy of the inputs, so its figure includes the data; the loop and loss_landscapes are
+handed the bench's prepared tensor, whose bytes are not theirs.
+
+The bound the engine's peak is held to (``memory`` of the result, counted outside the engine):
+the data, the allocations of one plain forward pass over one of the engine's forward pieces,
+``n_dirs + 3`` copies of the parameters (the flat centre, directions and current point the
+engine keeps, and the offset copy its self-check makes at construction), and, where the
+first-layer shortcut is used, its ``n_dirs + 2`` copies of that layer's output on all the data.
+The issue's plain bound, model + data + one piece, is printed beside it. Benchmarks never
 assert; run them on a quiet machine. :func:`run` returns a :class:`SurfaceBenchmark`; the CLI
 prints it.
 """
@@ -89,6 +108,7 @@ class MethodTiming:
     peak_bytes: int | None = None
     max_rel_diff: float | None = None  # against the loop, on the same directions
     cpu_seconds: list[float] = dataclasses.field(default_factory=list)  # process CPU time of each round
+    allocated_bytes: int | None = None  # peak of live torch tensors (CPU: profiler events; CUDA: the allocator)
 
     @property
     def best(self) -> float:
@@ -126,7 +146,7 @@ class SurfaceBenchmark:
     flops_per_point: float
     peak_gflops: float
     methods: list[MethodTiming]
-    memory: dict  # model / data / one batch of activations, bytes
+    memory: dict  # bytes of the bound's parts (see :func:`memory_bound`) and the piece's size in samples
     parameters: int = 0
 
     @property
@@ -151,6 +171,25 @@ class SurfaceBenchmark:
         over = over or self.engine
         return m.cpu_per_point / over.cpu_per_point if m.cpu_per_point and over.cpu_per_point else None
 
+    @property
+    def bound(self) -> int:
+        """Bytes the engine may add by design (see the module docstring)."""
+        return bound_bytes(self.memory)
+
+    @property
+    def plain_bound(self) -> int:
+        """Model + data + one forward piece: the issue's bound, without the engine's own copies of the weights."""
+        return self.memory["model"] + self.memory["data"] + self.memory["activations"]
+
+    def peak(self, m: MethodTiming) -> int | None:
+        """A method's peak held against the bound: allocations where measured, else the resident set."""
+        return m.allocated_bytes if m.allocated_bytes is not None else m.peak_bytes
+
+    def over_bound(self, m: MethodTiming) -> float | None:
+        """A method's peak as a multiple of :attr:`bound`."""
+        peak = self.peak(m)
+        return None if peak is None else peak / max(self.bound, 1)
+
     def projected_seconds(self, m: MethodTiming) -> float:
         """Projected seconds of a 51 x 51 surface on 10,000 images (linear in points and samples)."""
         points, samples = PROJECTION
@@ -162,8 +201,10 @@ class SurfaceBenchmark:
         out["methods"] = [dict(dataclasses.asdict(m), best=m.best, median=m.median, per_point=m.per_point,
                                cpu_per_point=m.cpu_per_point, gflops=self.gflops(m),
                                pct_peak=100 * self.gflops(m) / self.peak_gflops, engine_speedup=self.speedup(m),
-                               engine_cpu_speedup=self.cpu_speedup(m), projected_seconds=self.projected_seconds(m))
+                               engine_cpu_speedup=self.cpu_speedup(m), projected_seconds=self.projected_seconds(m),
+                               over_bound=self.over_bound(m))
                           for m in self.methods]
+        out.update(bound=self.bound, plain_bound=self.plain_bound)
         return out
 
 
@@ -267,6 +308,49 @@ class PeakMemory:
         return False
 
 
+class AllocatedPeak:
+    """Exact peak of the bytes of live torch tensors that a block allocates on the CPU, beyond those it frees.
+
+    Read from the allocation and free events of ``torch.profiler`` (``profile_memory``); counts
+    torch tensors only, so one-time library pages and Python objects are not counted. ``peak``
+    stays None on CUDA (:class:`PeakMemory` is exact there) and where the profiler's events are
+    not available.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.peak: int | None = None
+        self._prof = None
+
+    def __enter__(self):
+        if self.device.type == "cpu":
+            from torch.profiler import ProfilerActivity, profile
+
+            _release_host_memory()
+            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._prof is None:
+            return False
+        self._prof.__exit__(*exc)
+        with contextlib.suppress(AttributeError, RuntimeError):
+            events = self._prof.profiler.kineto_results.events()
+            self.peak = running_peak((e.start_ns(), e.nbytes()) for e in events
+                                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+        return False
+
+
+def running_peak(events) -> int:
+    """Largest running total of ``(time, +allocated/-freed bytes)`` events taken in time order (0 if never above)."""
+    total = peak = 0
+    for _, nbytes in sorted(events, key=lambda e: e[0]):  # a stable sort: simultaneous events keep their order
+        total += nbytes
+        peak = max(peak, total)
+    return int(peak)
+
+
 def li_loop(model, criterion, x, y, dirs, xs, ys, batch_size: int = LOOP_BATCH) -> np.ndarray:
     """Li et al.'s per-point loop: set weights, iterate a host DataLoader, accumulate the loss. Returns loss[j, i]."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -311,24 +395,38 @@ def loss_landscapes_plane(library, model: nn.Module, metric, dirs, n: int) -> np
 def _interleaved(methods: dict, repeat: int, device) -> tuple[dict, dict, dict, dict]:
     """Wall and CPU times of each method over ``repeat`` rounds, the methods taking turns within a round.
 
-    The first round also measures each method's peak memory.
+    Then, every method having run, the peak memory of each in untimed calls (see the module
+    docstring): ``peaks[name] = (resident set, allocations)``.
     """
     times: dict[str, list[float]] = {name: [] for name in methods}
     cpu: dict[str, list[float]] = {name: [] for name in methods}
-    outputs, peaks = {}, {}
-    for r in range(max(1, repeat)):
+    outputs = {}
+    for _ in range(max(1, repeat)):
         for name, fn in methods.items():
-            meter = PeakMemory(device) if r == 0 else contextlib.nullcontext()
-            with meter:
-                _sync(device)
-                t0, c0 = time.perf_counter(), time.process_time()
-                outputs[name] = fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - t0)
-                cpu[name].append(time.process_time() - c0)
-            if r == 0:
-                peaks[name] = meter.peak
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            outputs[name] = fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    peaks = {}
+    for name, fn in methods.items():
+        outputs[name] = None  # dropped first, so that the call starts where its timed ones did
+        rss, allocated, outputs[name] = _peaks(fn, device)
+        peaks[name] = (rss, allocated)
     return times, cpu, outputs, peaks
+
+
+def _peaks(fn, device) -> tuple[int, int | None, object]:
+    """``(resident-set peak, allocation peak, result)`` of ``fn`` (on CUDA both peaks are the allocator's)."""
+    with PeakMemory(device) as rss:
+        out = fn()
+    if torch.device(device).type == "cuda":
+        return rss.peak, rss.peak, out
+    del out
+    with AllocatedPeak(device) as allocated:
+        out = fn()
+    return rss.peak, allocated.peak, out
 
 
 # -- models and data ----------------------------------------------------------------------------
@@ -426,16 +524,46 @@ def _setup(args):
     return ck, data, described, synthetic
 
 
-def _memory_bound(ck, data, x: torch.Tensor) -> dict:
-    """Bytes of the model, of the prepared data, and the peak of a plain forward over one engine piece."""
-    from landscape.evaluator import choose_forward_batch, trace
+def memory_bound(ck, x: torch.Tensor, y: torch.Tensor, dirs) -> dict:
+    """The parts of the engine's memory bound, in bytes, counted outside the engine (see the module docstring).
 
+    ``model`` (parameters and buffers), ``data`` (the prepared inputs), ``activations`` (the
+    allocations of a plain forward over one forward piece of ``piece`` samples, the engine's
+    choice), ``weights`` (``n_dirs + 3`` copies of the parameters) and ``shortcut`` (``n_dirs + 2``
+    copies of the first layer's output on all the data where the engine precomputes it, else 0).
+    """
+    from landscape.evaluator import GridEvaluator
+
+    # an engine is built once only to read its choices: the piece size and whether the shortcut is used
+    ev = GridEvaluator(ck.model, ck.criterion, x, y, dirs)
+    piece, layer = ev.forward_batch, ev.shortcut_layer
+    del ev
     model_bytes = sum(t.numel() * t.element_size() for t in list(ck.model.parameters()) + list(ck.model.buffers()))
-    piece = choose_forward_batch(trace(ck.model, x[:2]).sample_bytes, len(x), ck.device)
-    with PeakMemory(ck.device) as meter, torch.inference_mode():
-        ck.model(x[:piece])
-    return {"model": model_bytes, "data": x.numel() * x.element_size(), "activations": meter.peak,
-            "piece": piece}
+    param_bytes = sum(p.numel() * p.element_size() for p in ck.model.parameters())
+    shortcut = 0
+    if layer is not None:
+        per_sample = []
+        hook = layer.register_forward_hook(lambda m, args, out: per_sample.append(out[0].numel()))
+        try:
+            with torch.inference_mode():
+                ck.model(x[:1])
+        finally:
+            hook.remove()
+        shortcut = (dirs.n + 2) * len(x) * per_sample[0] * x.element_size()
+
+    def forward():
+        with torch.inference_mode():
+            ck.model(x[:piece])
+
+    rss, allocated, _ = _peaks(forward, ck.device)
+    return {"model": model_bytes, "data": x.numel() * x.element_size(),
+            "activations": rss if allocated is None else allocated, "piece": piece,
+            "weights": (dirs.n + 3) * param_bytes, "shortcut": shortcut}
+
+
+def bound_bytes(memory: dict) -> int:
+    """The engine's bound from the parts of :func:`memory_bound`: data + one piece + weights + shortcut parts."""
+    return int(memory["data"] + memory["activations"] + memory.get("weights", 0) + memory.get("shortcut", 0))
 
 
 def run(args) -> SurfaceBenchmark:
@@ -455,7 +583,7 @@ def run(args) -> SurfaceBenchmark:
     probe = x[: min(len(x), 64)]
     flops = forward_flops(ck.model, probe) * len(x) / len(probe)
     peak = matmul_peak(device=ck.device)
-    memory = _memory_bound(ck, data, x)
+    memory = memory_bound(ck, x, y, dirs)
 
     def engine(**kw):
         return lambda: surface(ck, data, dirs, x=(-1, 1, n), y=(-1, 1, n), progress=False, **kw)
@@ -501,7 +629,8 @@ def run(args) -> SurfaceBenchmark:
         diff = None
         if loop is not None and name.startswith("engine"):
             diff = float(np.nanmax(np.abs(outs[name].loss - loop) / np.abs(loop)))
-        rows.append(MethodTiming(name, ts, points, peaks.get(name), diff, cpu[name]))
+        rss, allocated = peaks[name]
+        rows.append(MethodTiming(name, ts, points, rss, diff, cpu[name], allocated))
     return SurfaceBenchmark(
         model=described, data=data.name + (" (synthetic: timing only)" if synthetic else ""), synthetic=synthetic,
         samples=len(data), grid=n, device=str(ck.device), threads=torch.get_num_threads(),

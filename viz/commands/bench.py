@@ -231,23 +231,34 @@ def surface_table(b) -> str:
              f"forward GFLOP per point {b.flops_per_point / 1e9:.3f}; measured float32 matmul peak "
              f"{b.peak_gflops:.1f} GFLOP/s; best of {b.rounds} rounds",
              f"{'method':36s} {'s/point':>9s} {'ms/point':>9s} {'CPU ms/pt':>9s} {'GFLOP/s':>8s} {'% peak':>7s} "
-             f"{'peak MB':>8s} {'engine speed-up':>16s} {'on CPU time':>11s} {'51x51 on 10k':>13s}"]
+             f"{'peak MB':>8s} {'RSS MB':>7s} {'x bound':>7s} {'engine speed-up':>16s} {'on CPU time':>11s} "
+             f"{'51x51 on 10k':>13s}"]
     for m in b.methods:
         rate = b.gflops(m)
         cpu = "n/a" if m.cpu_per_point is None else f"{m.cpu_per_point * 1e3:.2f}"
-        cpu_ratio = b.cpu_speedup(m)
+        cpu_ratio, over = b.cpu_speedup(m), b.over_bound(m)
         lines.append(f"{m.name:36s} {m.per_point:9.4f} {m.per_point * 1e3:9.2f} {cpu:>9s} {rate:8.2f} "
-                     f"{100 * rate / b.peak_gflops:6.1f}% {_mb(m.peak_bytes):>8s} {b.speedup(m):15.2f}x "
+                     f"{100 * rate / b.peak_gflops:6.1f}% {_mb(b.peak(m)):>8s} {_mb(m.peak_bytes):>7s} "
+                     f"{'n/a' if over is None else f'{over:.2f}x':>7s} {b.speedup(m):15.2f}x "
                      f"{'n/a' if cpu_ratio is None else f'{cpu_ratio:.2f}x':>11s} "
                      f"{_duration(b.projected_seconds(m)):>13s}")
     diffs = [(m.name, m.max_rel_diff) for m in b.methods if m.max_rel_diff is not None]
     for name, d in diffs:
         lines.append(f"{name} vs the loop on the same directions: max relative loss difference {d:.1e}")
     mem = b.memory
-    bound = mem["model"] + mem["data"] + mem["activations"]
-    lines.append(f"memory bound: model {_mb(mem['model'])} MB + data {_mb(mem['data'])} MB + one forward piece of "
-                 f"{mem['piece']} samples {_mb(mem['activations'])} MB = {_mb(bound)} MB; engine peak "
-                 f"{_mb(b.engine.peak_bytes)} MB ({(b.engine.peak_bytes or 0) / max(bound, 1):.2f}x the bound)")
+    shortcut = f" + first-layer shortcut parts {_mb(mem['shortcut'])} MB" if mem.get("shortcut") else ""
+    lines.append(f"memory bound: data {_mb(mem['data'])} MB + one forward piece of {mem['piece']} samples "
+                 f"{_mb(mem['activations'])} MB + weights {_mb(mem.get('weights', 0))} MB (parameters x (directions "
+                 f"+ 3): the engine's centre, directions, point and self-check copy){shortcut} = {_mb(b.bound)} MB "
+                 f"(plain bound, model + data + piece: {_mb(b.plain_bound)} MB)")
+    for m in b.methods:
+        if m.name.startswith("engine") and b.peak(m) is not None:
+            within = "within" if b.peak(m) <= b.bound else "OVER"
+            lines.append(f"{m.name}: peak {_mb(b.peak(m))} MB, {within} the bound ({b.over_bound(m):.2f}x; "
+                         f"{b.peak(m) / max(b.plain_bound, 1):.2f}x the plain bound)")
+    lines.append("peak MB: the largest bytes of live torch tensors a method adds (CPU: torch.profiler's allocation "
+                 "events; CUDA: the allocator), in a call after the timed rounds; RSS MB: the resident set sampled "
+                 "in another such call (counts Python objects and the allocator's slack too).")
     lines.append("GFLOP/s counts the full forward per point, also where the engine's exact shortcuts skip work; "
                  "the projection scales the best round linearly in points and samples; CPU time is the process's "
                  "(all its threads), steadier than wall time when other work shares the machine.")
